@@ -1,0 +1,103 @@
+"""Adding a file: chunk, hash, compress and store it, streaming with bounded memory."""
+
+from __future__ import annotations
+
+import os
+import stat as statmod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from chunkstore.chunking import ChunkerParams, iter_chunks
+from chunkstore.codec import DEFAULT_LEVEL, ChunkCodec
+from chunkstore.errors import InputError
+from chunkstore.manifest import ChunkRef, Manifest
+from chunkstore.objectid import object_id
+from chunkstore.pipeline import ordered_map
+from chunkstore.store import Store, validate_name
+
+# One LMDB transaction per this many stored bytes: big enough to amortise the commit,
+# small enough that a kill loses little work and memory stays flat.
+BATCH_BYTES = 32 * 1024 * 1024
+READ_BUFFER = 1024 * 1024
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class AddResult:
+    name: str
+    manifest_id: str
+    size: int
+    chunks: int
+    new_chunks: int
+    dedup_chunks: int
+    stored_bytes: int  # bytes this add wrote to the store (new chunks only)
+
+
+def open_input(path: Path) -> "os.FileIO":
+    """Open a regular file for reading, or raise InputError saying what is wrong with it."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InputError(f"no such file: {path}") from None
+    except OSError as e:
+        raise InputError(f"cannot access {path}: {e.strerror}") from None
+    if statmod.S_ISDIR(st.st_mode):
+        raise InputError(f"{path} is a directory: only single files can be added for now")
+    if not statmod.S_ISREG(st.st_mode):
+        raise InputError(f"{path} is not a regular file")
+    try:
+        return open(path, "rb", buffering=0)
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror}") from None
+
+
+def add_file(store: Store, path: Path | str, *, name: str | None = None,
+             level: int = DEFAULT_LEVEL, chunker: ChunkerParams | None = None,
+             progress: Progress | None = None) -> AddResult:
+    """Add the file at `path` to `store` under `name` (default: the file's base name)."""
+    path = Path(path)
+    name = validate_name(name if name is not None else path.name)
+    chunker = chunker or ChunkerParams()
+    codec = ChunkCodec(level)
+
+    def encode(raw: bytes) -> tuple[bytes, int, bytes | None]:
+        cid = object_id(raw)
+        # Skip compression for chunks the store already has: re-adding a file is cheap.
+        stored = None if store.has_chunk(cid) else codec.encode(raw)
+        return cid, len(raw), stored
+
+    refs: list[ChunkRef] = []
+    new = stored_bytes = 0
+    batch: list[tuple[bytes, bytes]] = []
+    batch_bytes = 0
+
+    def flush() -> None:
+        nonlocal new, stored_bytes, batch, batch_bytes
+        if batch:
+            n, b = store.put_chunks(batch)
+            new += n
+            stored_bytes += b
+            batch, batch_bytes = [], 0
+
+    with open_input(path) as f, store.lease():
+        try:
+            for cid, size, stored in ordered_map(encode, iter_chunks(f, chunker)):
+                refs.append(ChunkRef(cid, size))
+                if stored is not None:
+                    batch.append((cid, stored))
+                    batch_bytes += len(stored)
+                    if batch_bytes >= BATCH_BYTES:
+                        flush()
+                if progress:
+                    progress(size)
+        except OSError as e:
+            raise InputError(f"error reading {path}: {e.strerror}") from None
+        flush()
+        manifest = Manifest(size=sum(r.size for r in refs), chunker=chunker, chunks=tuple(refs))
+        mid = store.put_manifest(manifest, name=name)
+    store.sync()
+    return AddResult(name=name, manifest_id=mid.hex(), size=manifest.size,
+                     chunks=len(refs), new_chunks=new, dedup_chunks=len(refs) - new,
+                     stored_bytes=stored_bytes)

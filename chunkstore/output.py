@@ -1,0 +1,52 @@
+"""Writing a file so that a partial result never sits under its final name."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+from chunkstore.errors import InputError
+
+
+def safe_output_name(name: str) -> str:
+    """A name usable as a file name in the current directory, or InputError.
+
+    Names come from users and from the network: one with a path separator or `..` could
+    write outside the directory the user chose."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise InputError(f"name {name!r} cannot be used as an output file name; "
+                         "give one with -o")
+    return name
+
+
+@contextmanager
+def atomic_output(path: Path, *, force: bool = False) -> Iterator[BinaryIO]:
+    """A file to write that appears at `path` only if the block completes.
+
+    The data goes to a temporary file in the same directory, is flushed to disk, and is then
+    renamed over `path`; on any error the temporary file is removed."""
+    if path.exists() and not force:
+        raise InputError(f"{path} already exists (use --force to overwrite)")
+    if path.is_dir():
+        raise InputError(f"{path} is a directory")
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=directory)
+    except OSError as e:
+        raise InputError(f"cannot write in {directory}: {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise

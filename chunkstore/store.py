@@ -1,0 +1,322 @@
+"""The local content-addressed store: one LMDB environment per node home.
+
+Named databases:
+  chunks     chunk id -> stored form (codec byte + payload)
+  manifests  manifest id -> manifest bytes
+  names      name (utf-8) -> manifest id
+  pins       manifest id -> b"" : kept by gc even with no name (e.g. fetched by id)
+  announce   object id -> kind byte : ids to announce on the DHT when a node runs
+  leases     pid (ascii) -> b"" : writers in progress, so gc never frees their chunks
+
+LMDB serialises writers across processes and gives readers consistent snapshots, so the CLI
+and a running node can share one store. Writes use sync=False: a killed process loses nothing
+(the OS holds the pages) and a power loss loses at most the last transactions, never
+consistency; `sync()` is called before success is reported.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import lmdb
+
+from chunkstore.errors import ChunkstoreError, InputError, NotFound, StoreFull
+from chunkstore.manifest import Manifest
+from chunkstore.objectid import looks_like_id
+
+# The map is virtual address space, not disk: Linux files stay sparse. Start large so growth
+# (which needs every transaction of this process closed) is rare, and double when full.
+INITIAL_MAP_SIZE = 1 << 40
+KIND_CHUNK = b"c"
+KIND_MANIFEST = b"m"
+MAX_NAME_BYTES = 255
+T = TypeVar("T")
+
+
+def default_home() -> Path:
+    """$CHUNKSTORE_HOME, else ~/.chunkstore."""
+    return Path(os.environ.get("CHUNKSTORE_HOME") or "~/.chunkstore").expanduser()
+
+
+def validate_name(name: str) -> str:
+    """A name is any non-empty text of at most 255 bytes without control characters."""
+    if not name or len(name.encode()) > MAX_NAME_BYTES:
+        raise InputError(f"a name must be 1..{MAX_NAME_BYTES} bytes long")
+    if any(ord(ch) < 32 for ch in name):
+        raise InputError(f"a name must not contain control characters: {name!r}")
+    return name
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    chunks: int
+    stored_bytes: int
+    manifests: int
+    names: int
+
+
+@dataclass(frozen=True)
+class GcResult:
+    chunks_deleted: int
+    bytes_freed: int
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Store:
+    """A handle on the LMDB store of one home. Thread-safe for concurrent readers and one
+    writer thread; several processes may open the same home."""
+
+    def __init__(self, home: Path | str | None = None) -> None:
+        self.home = Path(home) if home is not None else default_home()
+        path = self.home / "store"
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            self.env = lmdb.open(str(path), map_size=INITIAL_MAP_SIZE, max_dbs=8, sync=False,
+                                 max_readers=256)
+        except (OSError, lmdb.Error) as e:
+            raise InputError(f"cannot open the store at {path}: {e}") from None
+        self._chunks = self.env.open_db(b"chunks")
+        self._manifests = self.env.open_db(b"manifests")
+        self._names = self.env.open_db(b"names")
+        self._pins = self.env.open_db(b"pins")
+        self._announce = self.env.open_db(b"announce")
+        self._leases = self.env.open_db(b"leases")
+
+    # -- life cycle -------------------------------------------------------------------------
+    def close(self) -> None:
+        self.env.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def sync(self) -> None:
+        """Flush to disk: call before telling a user their data is safe."""
+        self.env.sync(True)
+
+    def _transact(self, body: Callable[[lmdb.Transaction], T]) -> T:
+        """Run `body` in a write transaction, retried after growing a full map.
+
+        A full disk becomes StoreFull; LMDB aborts the transaction, so the store keeps its
+        last committed state."""
+        for _ in range(8):
+            try:
+                with self.env.begin(write=True) as txn:
+                    return body(txn)
+            except lmdb.MapFullError:
+                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+            except lmdb.MapResizedError:
+                self.env.set_mapsize(0)  # another process grew the map: adopt its size
+            except lmdb.Error as e:
+                if "No space left" in str(e) or getattr(e, "errno", None) == errno.ENOSPC:
+                    raise StoreFull(f"disk full while writing to {self.home}: nothing from "
+                                    "the failed transaction was kept") from None
+                raise ChunkstoreError(f"store write failed: {e}") from None
+        raise StoreFull(f"the store at {self.home} could not grow its map")
+
+    def _read(self) -> lmdb.Transaction:
+        try:
+            return self.env.begin(buffers=False)
+        except lmdb.MapResizedError:
+            self.env.set_mapsize(0)
+            return self.env.begin(buffers=False)
+
+    # -- chunks -----------------------------------------------------------------------------
+    def has_chunk(self, chunk_id: bytes) -> bool:
+        with self._read() as txn:
+            return txn.get(chunk_id, db=self._chunks) is not None
+
+    def missing_chunks(self, chunk_ids: Iterable[bytes]) -> set[bytes]:
+        with self._read() as txn:
+            return {c for c in chunk_ids if txn.get(c, db=self._chunks) is None}
+
+    def get_stored(self, chunk_id: bytes) -> bytes | None:
+        """The stored form of a chunk (codec byte + payload), or None."""
+        with self._read() as txn:
+            return txn.get(chunk_id, db=self._chunks)
+
+    def put_chunks(self, items: list[tuple[bytes, bytes]]) -> tuple[int, int]:
+        """Store (chunk id, stored form) pairs in one transaction; queue new ones for announce.
+
+        Returns (new chunks, their stored bytes); chunks already present are left untouched.
+        """
+        def body(txn: lmdb.Transaction) -> tuple[int, int]:
+            new = new_bytes = 0
+            for cid, stored in items:
+                if txn.put(cid, stored, db=self._chunks, overwrite=False):
+                    new += 1
+                    new_bytes += len(stored)
+                    txn.put(cid, KIND_CHUNK, db=self._announce)
+            return new, new_bytes
+        return self._transact(body)
+
+    def stored_size(self, chunk_ids: Iterable[bytes]) -> int:
+        with self._read() as txn:
+            return sum(len(txn.get(c, b"", db=self._chunks)) for c in set(chunk_ids))
+
+    def iter_chunks(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every (chunk id, stored form), read in small snapshots so memory stays flat."""
+        last = b""
+        while True:
+            batch: list[tuple[bytes, bytes]] = []
+            with self._read() as txn:
+                cur = txn.cursor(db=self._chunks)
+                found = cur.set_range(last) if last else cur.first()
+                while found and len(batch) < 64:
+                    key = cur.key()
+                    if key != last:
+                        batch.append((key, cur.value()))
+                    found = cur.next()
+            if not batch:
+                return
+            yield from batch
+            last = batch[-1][0]
+
+    def delete_chunks(self, chunk_ids: Iterable[bytes]) -> None:
+        ids = list(chunk_ids)
+        self._transact(lambda txn: [txn.delete(c, db=self._chunks) for c in ids])
+
+    # -- manifests and names ----------------------------------------------------------------
+    def put_manifest(self, manifest: Manifest, name: str | None = None, pin: bool = False) -> bytes:
+        """Store a manifest (and point `name` at it) atomically; returns its id."""
+        data = manifest.to_bytes()
+        mid = manifest.id
+        key = validate_name(name).encode() if name is not None else None
+
+        def body(txn: lmdb.Transaction) -> None:
+            if txn.put(mid, data, db=self._manifests, overwrite=False):
+                txn.put(mid, KIND_MANIFEST, db=self._announce)
+            if key is not None:
+                txn.put(key, mid, db=self._names)
+            if pin:
+                txn.put(mid, b"", db=self._pins)
+        self._transact(body)
+        return mid
+
+    def get_manifest(self, manifest_id: bytes) -> Manifest | None:
+        with self._read() as txn:
+            data = txn.get(manifest_id, db=self._manifests)
+        return None if data is None else Manifest.from_bytes(data, manifest_id)
+
+    def get_manifest_bytes(self, manifest_id: bytes) -> bytes | None:
+        with self._read() as txn:
+            return txn.get(manifest_id, db=self._manifests)
+
+    def resolve(self, name_or_id: str) -> tuple[bytes, Manifest]:
+        """A name, or a full hex manifest id, to (manifest id, manifest); raises NotFound."""
+        with self._read() as txn:
+            mid = txn.get(name_or_id.encode(), db=self._names)
+        if mid is None and looks_like_id(name_or_id):
+            mid = bytes.fromhex(name_or_id)
+        manifest = self.get_manifest(mid) if mid is not None else None
+        if manifest is None:
+            raise NotFound(f"no file named or with id {name_or_id!r} in the store at {self.home}")
+        return mid, manifest
+
+    def lookup_name(self, name: str) -> bytes | None:
+        with self._read() as txn:
+            return txn.get(name.encode(), db=self._names)
+
+    def names(self) -> list[tuple[str, bytes]]:
+        with self._read() as txn:
+            return [(k.decode(), v) for k, v in txn.cursor(db=self._names)]
+
+    def remove_name(self, name: str) -> bytes:
+        """Drop a name; its manifest goes too unless another name or a pin keeps it.
+
+        Chunks are freed by `gc`, as in git and restic, so `rm` is instant and re-adding the
+        file before a gc rewrites nothing."""
+        def body(txn: lmdb.Transaction) -> bytes:
+            mid = txn.pop(name.encode(), db=self._names)
+            if mid is None:
+                raise NotFound(f"no file named {name!r}")
+            still_named = any(v == mid for _, v in txn.cursor(db=self._names))
+            if not still_named and txn.get(mid, db=self._pins) is None:
+                txn.delete(mid, db=self._manifests)
+            return mid
+        return self._transact(body)
+
+    def iter_manifests(self) -> Iterator[tuple[bytes, Manifest]]:
+        with self._read() as txn:
+            ids = [k for k, _ in txn.cursor(db=self._manifests)]
+        for mid in ids:
+            manifest = self.get_manifest(mid)
+            if manifest is not None:
+                yield mid, manifest
+
+    # -- announce queue ---------------------------------------------------------------------
+    def queue_announce(self, object_ids: Iterable[bytes], kind: bytes = KIND_CHUNK) -> None:
+        ids = list(object_ids)
+        self._transact(lambda txn: [txn.put(o, kind, db=self._announce) for o in ids])
+
+    def pending_announces(self, limit: int) -> list[tuple[bytes, bytes]]:
+        """Up to `limit` (object id, kind) from the announce queue, manifests first."""
+        with self._read() as txn:
+            items = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=self._announce)]
+        items.sort(key=lambda kv: kv[1] != KIND_MANIFEST)
+        return items[:limit]
+
+    def ack_announces(self, object_ids: Iterable[bytes]) -> None:
+        ids = list(object_ids)
+        self._transact(lambda txn: [txn.delete(o, db=self._announce) for o in ids])
+
+    # -- leases, gc, stats ------------------------------------------------------------------
+    @contextmanager
+    def lease(self) -> Iterator[None]:
+        """Mark this process as writing chunks not yet referenced by a manifest (gc waits)."""
+        key = str(os.getpid()).encode()
+        self._transact(lambda txn: txn.put(key, b"", db=self._leases))
+        try:
+            yield
+        finally:
+            self._transact(lambda txn: txn.delete(key, db=self._leases))
+
+    def gc(self) -> GcResult:
+        """Delete every chunk no manifest references; refuses while a writer is active."""
+        def body(txn: lmdb.Transaction) -> GcResult:
+            for key, _ in list(txn.cursor(db=self._leases)):
+                pid = int(bytes(key))
+                if pid != os.getpid() and _pid_alive(pid):
+                    raise ChunkstoreError(f"process {pid} is adding to this store; "
+                                          "run gc when it has finished")
+                txn.delete(bytes(key), db=self._leases)  # left by a killed process
+            # One write transaction: no add can slip a manifest in meanwhile.
+            referenced: set[bytes] = set()
+            for mid, data in txn.cursor(db=self._manifests):
+                referenced.update(r.chunk_id for r in Manifest.from_bytes(bytes(data)).chunks)
+            doomed = [(bytes(k), len(v)) for k, v in txn.cursor(db=self._chunks)
+                      if bytes(k) not in referenced]
+            for cid, _ in doomed:
+                txn.delete(cid, db=self._chunks)
+                txn.delete(cid, db=self._announce)
+            return GcResult(len(doomed), sum(n for _, n in doomed))
+        result = self._transact(body)
+        self.sync()
+        return result
+
+    def stats(self) -> StoreStats:
+        with self.env.begin(buffers=True) as txn:
+            chunks = stored = 0
+            for _, v in txn.cursor(db=self._chunks):
+                chunks += 1
+                stored += len(v)
+            return StoreStats(chunks, stored, txn.stat(self._manifests)["entries"],
+                              txn.stat(self._names)["entries"])
+

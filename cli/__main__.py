@@ -1,0 +1,3 @@
+from chunkstore_cli.app import main
+
+main()

@@ -1,0 +1,71 @@
+"""How the CLI shows things: result lines or JSON on stdout, errors and progress on stderr."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import (BarColumn, DownloadColumn, Progress, TimeRemainingColumn,
+                           TransferSpeedColumn)
+
+from chunkstore.errors import ChunkstoreError
+
+stderr = Console(stderr=True)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # unreachable
+
+
+def emit(result: Any, as_json: bool, lines: Callable[[Any], list[str]]) -> None:
+    """Print a result: JSON (one object) or the human-readable lines."""
+    if as_json:
+        data = dataclasses.asdict(result) if dataclasses.is_dataclass(result) else result
+        typer.echo(json.dumps(data, sort_keys=True))
+    else:
+        for line in lines(result):
+            typer.echo(line)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    stderr.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+@contextmanager
+def errors_as_messages() -> Iterator[None]:
+    """Turn the library's errors into a one-line message and an exit code, no traceback."""
+    try:
+        yield
+    except ChunkstoreError as e:
+        raise fail(str(e)) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted", 130) from None
+    except BrokenPipeError:
+        raise typer.Exit(141) from None
+    except OSError as e:
+        where = f": {e.filename}" if e.filename else ""
+        raise fail(f"{e.strerror or e}{where}") from None
+
+
+@contextmanager
+def progress_bar(label: str, total: int, enabled: bool) -> Iterator[Callable[[int], None] | None]:
+    """A progress callback with throughput, shown only when stderr is a terminal."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), TimeRemainingColumn(), console=stderr,
+                  transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
