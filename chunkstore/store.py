@@ -16,7 +16,6 @@ consistency; `sync()` is called before success is reported.
 
 from __future__ import annotations
 
-import errno
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -33,6 +32,8 @@ from chunkstore.objectid import looks_like_id
 # The map is virtual address space, not disk: Linux files stay sparse. Start large so growth
 # (which needs every transaction of this process closed) is rare, and double when full.
 INITIAL_MAP_SIZE = 1 << 40
+# Below this much free space a failed write is taken to be a full disk.
+LOW_DISK_BYTES = 64 * 1024 * 1024
 KIND_CHUNK = b"c"
 KIND_MANIFEST = b"m"
 MAX_NAME_BYTES = 255
@@ -125,11 +126,19 @@ class Store:
             except lmdb.MapResizedError:
                 self.env.set_mapsize(0)  # another process grew the map: adopt its size
             except lmdb.Error as e:
-                if "No space left" in str(e) or getattr(e, "errno", None) == errno.ENOSPC:
-                    raise StoreFull(f"disk full while writing to {self.home}: nothing from "
-                                    "the failed transaction was kept") from None
+                # LMDB reports a short write on a full disk as EIO: check the disk itself.
+                if "No space left" in str(e) or self._disk_nearly_full():
+                    raise StoreFull(f"disk full while writing to {self.home}: the store keeps "
+                                    "its last complete state") from None
                 raise ChunkstoreError(f"store write failed: {e}") from None
         raise StoreFull(f"the store at {self.home} could not grow its map")
+
+    def _disk_nearly_full(self) -> bool:
+        try:
+            st = os.statvfs(self.home)
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize < LOW_DISK_BYTES
 
     def _read(self) -> lmdb.Transaction:
         try:

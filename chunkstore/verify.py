@@ -28,6 +28,7 @@ def verify_store(store: Store, name_or_id: str | None = None,
     """Re-hash every chunk of the store (or of one file) and list what is corrupt or missing."""
     codec = ChunkCodec()
     report = VerifyReport()
+    present: set[bytes] = set()
 
     def check(item: tuple[bytes, bytes | None]) -> tuple[bytes, int, str]:
         cid, stored = item
@@ -41,7 +42,6 @@ def verify_store(store: Store, name_or_id: str | None = None,
     if name_or_id is None:
         items = iter(store.iter_chunks())
         manifests = list(store.iter_manifests())
-        present: set[bytes] = set()
     else:
         _, manifest = store.resolve(name_or_id)
         ids = list(dict.fromkeys(r.chunk_id for r in manifest.chunks))
@@ -55,8 +55,7 @@ def verify_store(store: Store, name_or_id: str | None = None,
             report.corrupt.append(cid.hex())
         elif state == "missing":
             report.missing.append(cid.hex())
-        if name_or_id is None:
-            present.add(cid)
+        present.add(cid)
         if progress:
             progress(size)
     absent = {ref.chunk_id for _, m in manifests for ref in m.chunks} - present

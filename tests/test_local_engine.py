@@ -1,0 +1,150 @@
+"""The add / get pipeline through a real LMDB store."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from chunkstore.chunking import ChunkerParams
+from chunkstore.errors import CorruptChunk, InputError, NotFound
+from chunkstore.ingest import add_file
+from chunkstore.restore import restore_file
+from chunkstore.store import Store
+from chunkstore.verify import verify_store
+from tests.helpers import MIB, file_hash, write_file
+
+
+@pytest.fixture
+def store(home: Path):
+    with Store(home) as s:
+        yield s
+
+
+@pytest.mark.parametrize("size", [0, 1, 1000, 3 * MIB + 17])
+def test_round_trip_small_sizes(store: Store, tmp_path: Path, size: int) -> None:
+    src = write_file(tmp_path / "in", size, seed=size)
+    result = add_file(store, src)
+    out = tmp_path / "out"
+    restore_file(store, result.name, out)
+    assert out.read_bytes() == src.read_bytes()
+    assert result.size == size
+
+
+def test_round_trip_exactly_one_chunk(store: Store, tmp_path: Path) -> None:
+    src = write_file(tmp_path / "one", MIB)
+    result = add_file(store, src, chunker=ChunkerParams.fixed(MIB))
+    assert result.chunks == 1
+    restore_file(store, result.manifest_id, tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == src.read_bytes()
+
+
+def test_adding_twice_stores_nothing_new(store: Store, tmp_path: Path) -> None:
+    src = write_file(tmp_path / "f", 12 * MIB, text=True)
+    first = add_file(store, src)
+    second = add_file(store, src)
+    assert first.new_chunks == first.chunks > 1
+    assert second.new_chunks == 0 and second.stored_bytes == 0
+    assert second.manifest_id == first.manifest_id
+
+
+def test_insertion_in_the_middle_stores_few_new_chunks(store: Store, tmp_path: Path) -> None:
+    src = write_file(tmp_path / "a", 32 * MIB, seed=1)
+    data = src.read_bytes()
+    edited = tmp_path / "b"
+    edited.write_bytes(data[:16 * MIB] + write_file(tmp_path / "ins", MIB, seed=2).read_bytes()
+                       + data[16 * MIB:])
+    first = add_file(store, src)
+    second = add_file(store, edited, name="b")
+    # 1 MiB of new data spans ~1 chunk, plus the chunks cut across each boundary.
+    assert second.new_chunks <= 4, second
+    assert second.dedup_chunks >= first.chunks - 3
+
+
+def test_fixed_chunker_loses_dedup_on_insertion(store: Store, tmp_path: Path) -> None:
+    # The reason content-defined chunking is the default: fixed blocks shift.
+    src = write_file(tmp_path / "a", 8 * MIB, seed=1)
+    edited = tmp_path / "b"
+    edited.write_bytes(b"x" + src.read_bytes())
+    add_file(store, src, chunker=ChunkerParams.fixed(MIB))
+    assert add_file(store, edited, chunker=ChunkerParams.fixed(MIB)).dedup_chunks == 0
+
+
+def test_compressible_data_is_stored_smaller(store: Store, tmp_path: Path) -> None:
+    result = add_file(store, write_file(tmp_path / "t", 8 * MIB, text=True))
+    assert result.stored_bytes < result.size * 0.7
+
+
+def test_get_to_stream(store: Store, tmp_path: Path) -> None:
+    src = write_file(tmp_path / "s", 2 * MIB)
+    add_file(store, src)
+    sink = io.BytesIO()
+    restore_file(store, "s", sink)
+    assert sink.getvalue() == src.read_bytes()
+
+
+def test_unknown_name(store: Store, tmp_path: Path) -> None:
+    with pytest.raises(NotFound):
+        restore_file(store, "nope", tmp_path / "out")
+    with pytest.raises(NotFound):
+        restore_file(store, "ab" * 32, tmp_path / "out")
+
+
+def test_existing_output_refused_unless_forced(store: Store, tmp_path: Path) -> None:
+    src = write_file(tmp_path / "s", 1000)
+    add_file(store, src)
+    out = tmp_path / "out"
+    out.write_bytes(b"precious")
+    with pytest.raises(InputError, match="exists"):
+        restore_file(store, "s", out)
+    assert out.read_bytes() == b"precious"
+    restore_file(store, "s", out, force=True)
+    assert out.read_bytes() == src.read_bytes()
+
+
+def corrupt_one_chunk(store: Store, chunk_id: bytes) -> None:
+    stored = bytearray(store.get_stored(chunk_id))
+    stored[len(stored) // 2] ^= 0x55
+    store._transact(lambda txn: txn.put(chunk_id, bytes(stored), db=store._chunks))
+
+
+def test_corrupt_chunk_fails_get_without_partial_output(store: Store, tmp_path: Path) -> None:
+    src = write_file(tmp_path / "c", 6 * MIB)
+    result = add_file(store, src, chunker=ChunkerParams.fixed(MIB))
+    _, manifest = store.resolve("c")
+    bad = manifest.chunks[3].chunk_id
+    corrupt_one_chunk(store, bad)
+    with pytest.raises(CorruptChunk, match=bad.hex()):
+        restore_file(store, result.name, tmp_path / "out")
+    assert list(tmp_path.glob("*out*")) == []  # nothing under the final name, no temp left
+    report = verify_store(store)
+    assert report.corrupt == [bad.hex()] and not report.ok
+    assert verify_store(store, "c").corrupt == [bad.hex()]
+
+
+def test_rm_and_gc_free_only_unreferenced_chunks(store: Store, tmp_path: Path) -> None:
+    a = write_file(tmp_path / "a", 4 * MIB, seed=1)
+    b = write_file(tmp_path / "b", 4 * MIB, seed=2)
+    add_file(store, a, chunker=ChunkerParams.fixed(MIB))
+    add_file(store, b, chunker=ChunkerParams.fixed(MIB))
+    store.remove_name("a")
+    result = store.gc()
+    assert result.chunks_deleted == 4 and result.bytes_freed > 4 * MIB
+    assert verify_store(store).ok
+    restore_file(store, "b", tmp_path / "b2")
+    assert file_hash(tmp_path / "b2") == file_hash(b)
+    assert store.gc().chunks_deleted == 0
+
+
+def test_bad_inputs(store: Store, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no such file"):
+        add_file(store, tmp_path / "missing")
+    with pytest.raises(InputError, match="directory"):
+        add_file(store, tmp_path)
+    secret = write_file(tmp_path / "secret", 10)
+    secret.chmod(0)
+    import os
+    if os.geteuid() != 0:  # root reads anything
+        with pytest.raises(InputError, match="cannot read"):
+            add_file(store, secret)
