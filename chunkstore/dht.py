@@ -1,0 +1,696 @@
+"""The DHT layer: name records and provider records over Kademlia (the `kademlia` package).
+
+Two record kinds travel in the DHT, never chunk bytes:
+- name record: name -> manifest id hex, through the stock STORE / FIND_VALUE RPCs, so a stock
+  `kademlia.network.Server` can bootstrap off our nodes and read names;
+- provider record: DHT key -> holders (host + HTTP transfer port), through two added RPCs,
+  `add_provider` and `get_providers`, whose records merge instead of overwriting.
+
+`DhtNode` is what the rest of chunkstore uses; `ChunkstoreProtocol` is the wire layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from kademlia.crawling import NodeSpiderCrawl, SpiderCrawl, ValueSpiderCrawl
+from kademlia.network import Server
+from kademlia.node import Node
+from kademlia.protocol import KademliaProtocol
+from kademlia.storage import ForgetfulStorage
+from kademlia.utils import digest
+from rpcudp.exceptions import MalformedMessage
+from rpcudp.protocol import RPCProtocol
+
+from chunkstore.errors import InputError, NetworkError
+from chunkstore.objectid import ID_BYTES, looks_like_id, parse_id
+from chunkstore.providers import Holder, ProviderStore
+
+log = logging.getLogger(__name__)
+
+DHT_KEY_SIZE = 20
+# Stock rpcudp waits 5 s per request; every dead contact a lookup meets then costs 5 s. 1 s
+# is still several round trips on a slow WAN link.
+DEFAULT_RPC_TIMEOUT = 1.0
+# Upper bound on a whole iterative lookup, whatever the network does.
+DEFAULT_LOOKUP_TIMEOUT = 5.0
+# Keeps a get_providers answer far below the 8 KB datagram budget (~40 bytes per entry).
+MAX_HOLDERS_PER_ANSWER = 32
+# How long a node that did not answer is skipped without sending to it: live nodes keep
+# advertising dead ones, and each would otherwise cost a full RPC timeout per lookup.
+FAILED_NODE_QUARANTINE = 30.0
+MAX_QUARANTINED = 4096
+MAX_NAME_RECORDS = 100_000
+# A stored value must fit, with its key, in one request when we hand it on to another node
+# (rpcudp refuses requests over 8 KB); names only need 64 hex characters today.
+MAX_VALUE_BYTES = 4096
+PROVIDER_CULL_INTERVAL = 600.0
+CONTACTS_FORMAT = 1
+
+_WILDCARD_HOSTS = {"", "0.0.0.0", "::"}
+_INVALID = object()
+
+
+def dht_key(object_id: bytes) -> bytes:
+    """The 20-byte DHT key of a 32-byte chunk or manifest id (its first 20 bytes)."""
+    if not isinstance(object_id, bytes) or len(object_id) != ID_BYTES:
+        raise ValueError(f"an object id is {ID_BYTES} bytes")
+    return object_id[:DHT_KEY_SIZE]
+
+
+def name_key(name: str) -> bytes:
+    """The DHT key of a name record: the stock kademlia `digest` (SHA-1 of the UTF-8 name)."""
+    return digest(name)
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """A DHT node from the routing table."""
+
+    node_id: bytes
+    host: str
+    port: int
+
+
+class _BadRequest(Exception):
+    """A request whose arguments are refused; it is logged and dropped unanswered."""
+
+
+def _is_key(value: object) -> bool:
+    return isinstance(value, bytes) and len(value) == DHT_KEY_SIZE
+
+
+def _is_port(value: object) -> bool:
+    return type(value) is int and 1 <= value <= 65535
+
+
+def _is_ip(value: object) -> bool:
+    # Hostnames are refused: sendto() would resolve them with a blocking DNS call on the loop.
+    if not isinstance(value, str):
+        return False
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_dht_value(value: object) -> bool:
+    # the types stock `Server.set` accepts, small enough to forward
+    if type(value) in (int, float, bool):
+        return True
+    return type(value) in (str, bytes) and len(value) <= MAX_VALUE_BYTES
+
+
+def _parse_nodes(raw: object, limit: int) -> list[tuple[bytes, str, int]] | object:
+    """Node triples from an answer, dropping malformed entries; _INVALID if not a list."""
+    if not isinstance(raw, list):
+        return _INVALID
+    nodes = []
+    for item in raw[:limit]:
+        if isinstance(item, list) and len(item) == 3:
+            node_id, ip, port = item
+            if _is_key(node_id) and _is_ip(ip) and _is_port(port):
+                nodes.append((node_id, ip, port))
+    return nodes
+
+
+class NameStorage(ForgetfulStorage):
+    """The stock name-record storage with a cap on the number of records (oldest go first),
+    so peers storing junk cannot grow our memory without bound."""
+
+    def __init__(self, ttl: float = 604800, max_items: int = MAX_NAME_RECORDS) -> None:
+        super().__init__(ttl)
+        self.max_items = max_items
+
+    def __setitem__(self, key: bytes, value: Any) -> None:
+        super().__setitem__(key, value)
+        while len(self.data) > self.max_items:
+            self.data.popitem(last=False)
+
+
+class ChunkstoreProtocol(KademliaProtocol):
+    """Kademlia's protocol plus provider records, with hardened request handling.
+
+    Stock RPCs (ping, store, find_node, find_value) keep their wire format. Added RPCs:
+    - add_provider(nodeid, key, transfer_port) -> True: records the *sender's observed address*
+      with `transfer_port` as a holder of `key`;
+    - get_providers(nodeid, key) -> {"providers": [[host, port], ...], "nodes": [[id, ip, port]]}.
+    A request with malformed arguments is dropped unanswered; a datagram that does not decode
+    is dropped; neither ever raises into the event loop.
+    """
+
+    def __init__(
+        self,
+        source_node: Node,
+        storage: Any,
+        ksize: int,
+        providers: ProviderStore | None = None,
+        wait_timeout: float = DEFAULT_RPC_TIMEOUT,
+    ) -> None:
+        super().__init__(source_node, storage, ksize)
+        # KademliaProtocol calls RPCProtocol.__init__() without arguments, i.e. with rpcudp's
+        # 5 s default; run it again with ours (nothing is connected or pending yet).
+        RPCProtocol.__init__(self, wait_timeout=wait_timeout)
+        self.providers = providers if providers is not None else ProviderStore()
+        self._quarantine: dict[tuple[str, int], float] = {}
+
+    # --- incoming datagrams -------------------------------------------------------------
+
+    async def _solve_datagram(self, datagram: bytes, address: tuple) -> None:
+        # rpcudp decodes in a fire-and-forget task: garbage would end it with an exception
+        # nobody retrieves. Log and drop instead.
+        try:
+            await super()._solve_datagram(datagram, address)
+        except Exception as exc:  # noqa: BLE001 - any decoding failure means "drop it"
+            log.debug("dropped undecodable datagram from %s: %r", address, exc)
+
+    async def _accept_request(self, msg_id: bytes, data: Any, address: tuple) -> None:
+        try:
+            await super()._accept_request(msg_id, data, address)
+        except Exception as exc:  # noqa: BLE001 - wrong arity/types from a peer: drop it
+            log.debug("dropped bad request from %s: %r", address, exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # rpcudp leaves pending requests to their timers; once the socket is closed nobody
+        # can answer, so settle them now rather than leave timers behind a stopped node.
+        for future, timer in list(self._outstanding.values()):
+            timer.cancel()
+            if not future.done():
+                future.set_result((False, None))
+        self._outstanding.clear()
+
+    def _check_request(self, sender: tuple, nodeid: object, key: object = None) -> Node:
+        if not _is_key(nodeid):
+            raise _BadRequest("node id must be 20 bytes")
+        if key is not None and not _is_key(key):
+            raise _BadRequest("key must be 20 bytes")
+        # it talks to us, so it is alive whatever an earlier timeout said
+        self._quarantine.pop((sender[0], sender[1]), None)
+        return Node(nodeid, sender[0], sender[1])
+
+    def rpc_ping(self, sender: tuple, nodeid: bytes) -> bytes:
+        self._check_request(sender, nodeid)
+        return super().rpc_ping(sender, nodeid)
+
+    def rpc_store(self, sender: tuple, nodeid: bytes, key: bytes, value: Any) -> bool:
+        self._check_request(sender, nodeid, key)
+        if not _is_dht_value(value):
+            raise _BadRequest(f"value must be int, float, bool, str or bytes <= {MAX_VALUE_BYTES}")
+        return super().rpc_store(sender, nodeid, key, value)
+
+    def rpc_find_node(self, sender: tuple, nodeid: bytes, key: bytes) -> list:
+        self._check_request(sender, nodeid, key)
+        return super().rpc_find_node(sender, nodeid, key)
+
+    def rpc_find_value(self, sender: tuple, nodeid: bytes, key: bytes) -> Any:
+        self._check_request(sender, nodeid, key)
+        return super().rpc_find_value(sender, nodeid, key)
+
+    def rpc_add_provider(
+        self, sender: tuple, nodeid: bytes, key: bytes, transfer_port: int
+    ) -> bool:
+        source = self._check_request(sender, nodeid, key)
+        if not _is_port(transfer_port):
+            raise _BadRequest("transfer port must be an int in 1..65535")
+        self.welcome_if_new(source)
+        # Only the observed source address is recorded: a request cannot name another host,
+        # so nobody can aim downloaders at a third party.
+        self.providers.add(key, Holder(sender[0], transfer_port), time.monotonic())
+        return True
+
+    def rpc_get_providers(self, sender: tuple, nodeid: bytes, key: bytes) -> dict:
+        source = self._check_request(sender, nodeid, key)
+        self.welcome_if_new(source)
+        holders = self.providers.get(key, time.monotonic())[:MAX_HOLDERS_PER_ANSWER]
+        neighbors = self.router.find_neighbors(Node(key), exclude=source)
+        return {
+            "providers": [[h.host, h.port] for h in holders],
+            "nodes": [list(n) for n in neighbors],
+        }
+
+    # --- outgoing requests --------------------------------------------------------------
+
+    async def _request(self, address: tuple[str, int], rpc: str, *args: Any) -> tuple[bool, Any]:
+        """Send one request; (False, None) on timeout or when the socket is closed."""
+        if self.transport is None or self.transport.is_closing():
+            return (False, None)
+        # rpcudp's __getattr__ turns an unknown attribute into a remote call of rpc_<name>.
+        try:
+            future = getattr(self, rpc)(address, *args)
+        except MalformedMessage as exc:  # request over 8 KB: a bug or an oversized value
+            log.warning("not sending %s to %s: %s", rpc, address, exc)
+            return (False, None)
+        # The shield keeps a cancelled lookup from cancelling rpcudp's future, whose timer
+        # would then fail setting a result on it.
+        return await asyncio.shield(future)
+
+    async def _call(
+        self, node: Node, rpc: str, args: tuple, parse: Callable[[Any], Any]
+    ) -> tuple[bool, Any]:
+        address = (node.ip, node.port)
+        expiry = self._quarantine.get(address)
+        if expiry is not None:
+            if expiry > time.monotonic():
+                log.debug("skipping %s: no answer recently", node)
+                return (False, None)
+            del self._quarantine[address]
+        ok, answer = await self._request(address, rpc, self.source_node.id, *args)
+        if ok:
+            answer = parse(answer)
+            if answer is _INVALID:
+                log.info("malformed %s answer from %s", rpc, node)
+                ok, answer = False, None
+        if not ok:
+            self._quarantine[address] = time.monotonic() + FAILED_NODE_QUARANTINE
+            while len(self._quarantine) > MAX_QUARANTINED:
+                # insertion order is expiry order: drop the oldest entry
+                del self._quarantine[next(iter(self._quarantine))]
+        # stock behaviour: add the node to the routing table on success, remove it on failure
+        return self.handle_call_response((ok, answer), node)
+
+    def _parse_node_list(self, answer: Any) -> Any:
+        return _parse_nodes(answer, self.router.ksize)
+
+    def _parse_find_value(self, answer: Any) -> Any:
+        if isinstance(answer, dict):
+            value = answer.get("value", _INVALID)
+            return {"value": value} if _is_dht_value(value) else _INVALID
+        return self._parse_node_list(answer)
+
+    def _parse_providers(self, answer: Any) -> Any:
+        if not isinstance(answer, dict):
+            return _INVALID
+        raw_holders = answer.get("providers")
+        nodes = self._parse_node_list(answer.get("nodes"))
+        if not isinstance(raw_holders, list) or nodes is _INVALID:
+            return _INVALID
+        holders = []
+        for item in raw_holders[:MAX_HOLDERS_PER_ANSWER]:
+            if isinstance(item, list) and len(item) == 2:
+                host, port = item
+                if _is_ip(host) and _is_port(port):
+                    holders.append(Holder(host, port))
+        return holders, [Node(*n) for n in nodes]
+
+    async def call_ping(self, node_to_ask: Node) -> tuple[bool, Any]:
+        return await self._call(node_to_ask, "ping", (), lambda a: a if _is_key(a) else _INVALID)
+
+    async def call_store(self, node_to_ask: Node, key: bytes, value: Any) -> tuple[bool, Any]:
+        return await self._call(node_to_ask, "store", (key, value), lambda a: a is True)
+
+    async def call_find_node(self, node_to_ask: Node, node_to_find: Node) -> tuple[bool, Any]:
+        return await self._call(
+            node_to_ask, "find_node", (node_to_find.id,), self._parse_node_list
+        )
+
+    async def call_find_value(self, node_to_ask: Node, node_to_find: Node) -> tuple[bool, Any]:
+        return await self._call(
+            node_to_ask, "find_value", (node_to_find.id,), self._parse_find_value
+        )
+
+    async def call_add_provider(
+        self, node_to_ask: Node, key: bytes, transfer_port: int
+    ) -> tuple[bool, bool]:
+        """Ask `node_to_ask` to record us as a holder of `key`; (answered, accepted)."""
+        return await self._call(
+            node_to_ask, "add_provider", (key, transfer_port), lambda a: a is True
+        )
+
+    async def call_get_providers(
+        self, node_to_ask: Node, node_to_find: Node
+    ) -> tuple[bool, Any]:
+        """(True, (holders, closer nodes)) from `node_to_ask`, or (False, None)."""
+        return await self._call(
+            node_to_ask, "get_providers", (node_to_find.id,), self._parse_providers
+        )
+
+    async def ping_address(self, address: tuple[str, int]) -> bytes | None:
+        """The node id of whoever answers a ping at `address`, or None."""
+        ok, answer = await self._request(address, "ping", self.source_node.id)
+        return answer if ok and _is_key(answer) else None
+
+    async def observed_address(self, address: tuple[str, int]) -> str | None:
+        """Our IP as the node at `address` sees it (stock `stun` RPC), or None."""
+        ok, answer = await self._request(address, "stun")
+        if ok and isinstance(answer, list) and len(answer) >= 2 and _is_ip(answer[0]):
+            return answer[0]
+        return None
+
+
+class _ProviderSpiderCrawl(SpiderCrawl):
+    """Iterative get_providers lookup that stops as soon as `limit` holders are known."""
+
+    def __init__(
+        self,
+        protocol: ChunkstoreProtocol,
+        node: Node,
+        peers: list[Node],
+        ksize: int,
+        alpha: int,
+        limit: int,
+        found: dict[Holder, None],
+    ) -> None:
+        super().__init__(protocol, node, peers, ksize, alpha)
+        self.limit = limit
+        self.found = found  # an ordered set, shared with the caller so a timeout keeps it
+
+    async def find(self) -> list[Holder]:
+        return await self._find(self.protocol.call_get_providers)
+
+    async def _nodes_found(self, responses: dict) -> list[Holder]:
+        unreachable = []
+        for peer_id, (ok, answer) in responses.items():
+            if not ok:
+                unreachable.append(peer_id)
+                continue
+            holders, nodes = answer
+            self.found.update(dict.fromkeys(holders))
+            self.nearest.push(nodes)
+        self.nearest.remove(unreachable)
+        if len(self.found) >= self.limit or self.nearest.have_contacted_all():
+            return list(self.found)[: self.limit]
+        return await self.find()
+
+
+class _KademliaServer(Server):
+    """The stock server, building our protocol with our timeout and provider store."""
+
+    protocol_class = ChunkstoreProtocol
+
+    def __init__(
+        self,
+        ksize: int,
+        alpha: int,
+        node_id: bytes | None,
+        providers: ProviderStore,
+        rpc_timeout: float,
+    ) -> None:
+        super().__init__(ksize=ksize, alpha=alpha, node_id=node_id, storage=NameStorage())
+        self.providers = providers
+        self.rpc_timeout = rpc_timeout
+
+    def _create_protocol(self) -> ChunkstoreProtocol:
+        return self.protocol_class(
+            self.node,
+            self.storage,
+            self.ksize,
+            providers=self.providers,
+            wait_timeout=self.rpc_timeout,
+        )
+
+
+class DhtNode:
+    """One chunkstore DHT node: names and provider records.
+
+    Every lookup is bounded by `lookup_timeout` seconds and every RPC by `rpc_timeout`; a
+    contact that does not answer is dropped from the routing table and skipped for a while.
+    Methods other than `start` raise NetworkError if the node is not running.
+    """
+
+    def __init__(
+        self,
+        *,
+        node_id: bytes | None = None,
+        ksize: int = 20,
+        alpha: int = 3,
+        rpc_timeout: float = DEFAULT_RPC_TIMEOUT,
+        lookup_timeout: float = DEFAULT_LOOKUP_TIMEOUT,
+        providers: ProviderStore | None = None,
+    ) -> None:
+        if node_id is not None and not _is_key(node_id):
+            raise ValueError(f"a node id is {DHT_KEY_SIZE} bytes")
+        self.providers = providers if providers is not None else ProviderStore()
+        self.lookup_timeout = lookup_timeout
+        self._server = _KademliaServer(ksize, alpha, node_id, self.providers, rpc_timeout)
+        self._own_host: str | None = None
+        self._culler: asyncio.Task | None = None
+        self._running = False
+
+    @property
+    def node_id(self) -> bytes:
+        """This node's 20-byte DHT id."""
+        return self._server.node.id
+
+    @property
+    def port(self) -> int:
+        """The UDP port the node listens on (useful after `start(port=0)`)."""
+        self._require_running()
+        return self._server.transport.get_extra_info("sockname")[1]
+
+    @property
+    def protocol(self) -> ChunkstoreProtocol:
+        """The wire protocol of the running node (for diagnostics and tests)."""
+        self._require_running()
+        return self._server.protocol
+
+    async def start(
+        self, host: str = "0.0.0.0", port: int = 0, bootstrap: Sequence[tuple[str, int]] = ()
+    ) -> int:
+        """Listen on host:port (UDP; 0 = any free port) and join via `bootstrap` contacts.
+
+        Returns how many bootstrap contacts answered; 0 is not an error (the node still serves
+        and can be bootstrapped later with `bootstrap`).
+        """
+        if self._running:
+            raise NetworkError("the DHT node is already running")
+        try:
+            await self._server.listen(port, host)
+        except OSError as exc:
+            raise NetworkError(f"cannot listen for DHT traffic on {host}:{port}: {exc}") from exc
+        self._running = True
+        if host not in _WILDCARD_HOSTS:
+            self._own_host = host
+        self._culler = asyncio.create_task(self._cull_regularly())
+        return await self.bootstrap(bootstrap)
+
+    async def stop(self) -> None:
+        """Close the socket and stop background work; pending RPCs settle as failures."""
+        if not self._running:
+            return
+        self._running = False
+        if self._culler is not None:
+            self._culler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._culler
+        self._server.stop()
+        await asyncio.sleep(0)  # let the transport deliver connection_lost
+
+    async def bootstrap(self, addrs: Sequence[tuple[str, int]]) -> int:
+        """Ping `addrs` (host names allowed) and fill the routing table from those that answer;
+        returns how many answered."""
+        self._require_running()
+        resolved = await self._resolve(addrs)
+        ids = await asyncio.gather(*(self.protocol.ping_address(a) for a in resolved))
+        nodes = [Node(i, a[0], a[1]) for i, a in zip(ids, resolved) if i is not None]
+        if not nodes:
+            if addrs:
+                log.warning("none of %d bootstrap contacts answered", len(addrs))
+            return 0
+        spider = NodeSpiderCrawl(
+            self.protocol, self._server.node, nodes, self._server.ksize, self._server.alpha
+        )
+        await self._bounded(spider.find(), "bootstrap")
+        if self._own_host is None:
+            self._own_host = await self.protocol.observed_address((nodes[0].ip, nodes[0].port))
+        return len(nodes)
+
+    async def announce(self, key: bytes, transfer_port: int) -> int:
+        """Record this node as a holder of `key` (a 20-byte DHT key) at `transfer_port`, on the
+        k closest nodes and locally. Remote nodes record the address they see us at. Returns
+        how many remote nodes accepted the record; records expire after the store TTL (24 h
+        by default), so re-announce before that."""
+        self._require_running()
+        if not _is_key(key):
+            raise ValueError(f"a DHT key is {DHT_KEY_SIZE} bytes; use dht_key()")
+        if not _is_port(transfer_port):
+            raise ValueError("transfer port must be in 1..65535")
+        nodes = await self._closest_nodes(key)
+        if self._own_host is None and nodes:
+            self._own_host = await self.protocol.observed_address((nodes[0].ip, nodes[0].port))
+        if self._own_host is not None:
+            self.providers.add(key, Holder(self._own_host, transfer_port), time.monotonic())
+        results = await asyncio.gather(
+            *(self.protocol.call_add_provider(n, key, transfer_port) for n in nodes)
+        )
+        return sum(1 for ok, accepted in results if ok and accepted)
+
+    async def announce_many(
+        self, keys: Iterable[bytes], transfer_port: int, concurrency: int = 8
+    ) -> int:
+        """`announce` every key with at most `concurrency` lookups in flight; returns how many
+        keys at least one remote node accepted."""
+        self._require_running()
+        keys = list(keys)
+        for key in keys:
+            if not _is_key(key):
+                raise ValueError(f"a DHT key is {DHT_KEY_SIZE} bytes; use dht_key()")
+        pending = iter(keys)
+        accepted = 0
+
+        async def worker() -> None:
+            nonlocal accepted
+            # one shared iterator: each key is taken by exactly one worker
+            for key in pending:
+                if await self.announce(key, transfer_port) > 0:
+                    accepted += 1
+
+        async with asyncio.TaskGroup() as group:
+            for _ in range(max(1, min(concurrency, len(keys)))):
+                group.create_task(worker())
+        return accepted
+
+    async def find_providers(self, key: bytes, limit: int = 20) -> list[Holder]:
+        """Up to `limit` holders of `key` (a 20-byte DHT key), without duplicates: the records
+        this node stores (its own announcements included), then an iterative lookup that stops
+        once `limit` are known. Never raises for network trouble: it returns what it found
+        within `lookup_timeout`."""
+        self._require_running()
+        if not _is_key(key):
+            raise ValueError(f"a DHT key is {DHT_KEY_SIZE} bytes; use dht_key()")
+        found = dict.fromkeys(self.providers.get(key, time.monotonic()))
+        target = Node(key)
+        nearest = self._server.protocol.router.find_neighbors(target)
+        if len(found) < limit and nearest:
+            spider = _ProviderSpiderCrawl(
+                self.protocol, target, nearest, self._server.ksize, self._server.alpha,
+                limit, found,
+            )
+            await self._bounded(spider.find(), "find_providers")
+        return list(found)[:limit]
+
+    async def publish_name(self, name: str, manifest_id_hex: str) -> int:
+        """Point `name` at a manifest id (64 hex characters; stored lowercase), locally and on
+        the k closest nodes, with the stock STORE so a stock `Server.get(name)` reads it.
+        Returns how many remote nodes stored it. Raises InputError for a malformed id."""
+        self._require_running()
+        if not isinstance(name, str) or not name:
+            raise InputError("a name must be a non-empty string")
+        # canonical lowercase, so every reader gets the same string back
+        manifest_id_hex = parse_id(manifest_id_hex).hex()
+        key = name_key(name)
+        self._server.storage[key] = manifest_id_hex
+        nodes = await self._closest_nodes(key)
+        results = await asyncio.gather(
+            *(self.protocol.call_store(n, key, manifest_id_hex) for n in nodes)
+        )
+        return sum(1 for ok, stored in results if ok and stored)
+
+    async def resolve_name(self, name: str) -> str | None:
+        """The manifest id hex `name` points at, or None if no node answers with one within
+        `lookup_timeout`."""
+        self._require_running()
+        key = name_key(name)
+        value = self._server.storage.get(key)
+        if value is None:
+            target = Node(key)
+            nearest = self._server.protocol.router.find_neighbors(target)
+            if not nearest:
+                return None
+            spider = ValueSpiderCrawl(
+                self.protocol, target, nearest, self._server.ksize, self._server.alpha
+            )
+            value = await self._bounded(spider.find(), "resolve_name")
+        if value is None:
+            return None
+        if not isinstance(value, str) or not looks_like_id(value):
+            log.warning("name %r points at %r, which is not a manifest id", name, value)
+            return None
+        return value.lower()
+
+    def known_peers(self) -> list[Contact]:
+        """The contacts in the routing table."""
+        self._require_running()
+        return [
+            Contact(n.id, n.ip, n.port)
+            for bucket in self._server.protocol.router.buckets
+            for n in bucket.get_nodes()
+        ]
+
+    def save_contacts(self, path: str | os.PathLike) -> int:
+        """Write the routing-table contacts as JSON (atomically) for `load_contacts` after a
+        restart; returns how many were written."""
+        contacts = [[c.host, c.port] for c in self.known_peers()]
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"format": CONTACTS_FORMAT, "contacts": contacts}))
+        os.replace(tmp, path)
+        return len(contacts)
+
+    async def _closest_nodes(self, key: bytes) -> list[Node]:
+        target = Node(key)
+        nearest = self._server.protocol.router.find_neighbors(target)
+        if not nearest:
+            log.info("no known DHT contacts: %s stays local", key.hex())
+            return []
+        spider = NodeSpiderCrawl(
+            self.protocol, target, nearest, self._server.ksize, self._server.alpha
+        )
+        nodes = await self._bounded(spider.find(), "node lookup")
+        # on timeout, the closest nodes seen so far are the best we have
+        return nodes if nodes is not None else list(spider.nearest)
+
+    async def _bounded(self, lookup: Any, what: str) -> Any:
+        try:
+            async with asyncio.timeout(self.lookup_timeout):
+                return await lookup
+        except TimeoutError:
+            log.info("%s did not finish within %.1f s", what, self.lookup_timeout)
+            return None
+
+    async def _resolve(self, addrs: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+        family = self._server.transport.get_extra_info("socket").family
+        loop = asyncio.get_running_loop()
+        resolved = []
+        for host, port in addrs:
+            if _is_ip(host):
+                resolved.append((host, int(port)))
+                continue
+            try:
+                infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM)
+            except OSError as exc:
+                log.warning("cannot resolve bootstrap contact %s:%s: %s", host, port, exc)
+                continue
+            resolved.extend((info[4][0], info[4][1]) for info in infos[:1])
+        return resolved
+
+    async def _cull_regularly(self) -> None:
+        while True:
+            await asyncio.sleep(PROVIDER_CULL_INTERVAL)
+            dropped = self.providers.cull(time.monotonic())
+            log.debug("culled %d expired provider records", dropped)
+
+    def _require_running(self) -> None:
+        if not self._running:
+            raise NetworkError("the DHT node is not running")
+
+
+def load_contacts(path: str | os.PathLike) -> list[tuple[str, int]]:
+    """Contacts written by `DhtNode.save_contacts`; [] (with a warning) if the file is missing
+    or unreadable, so a damaged file never stops a node from starting."""
+    try:
+        data = json.loads(Path(path).read_text())
+        if data.get("format") != CONTACTS_FORMAT:
+            raise ValueError(f"unknown format {data.get('format')!r}")
+        contacts = [
+            (host, port)
+            for host, port in data["contacts"]
+            if _is_ip(host) and _is_port(port)
+        ]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        log.warning("ignoring unreadable contacts file %s: %s", path, exc)
+        return []
+    return contacts

@@ -1,0 +1,106 @@
+"""Provider records: which peers hold an object, kept per DHT key. Pure logic, no I/O.
+
+A provider record says "the peer at host:port (its HTTP transfer port) holds the object whose
+DHT key is K". Records from different announcers merge; each holder expires on its own unless
+re-announced (re-announcing is the announcer's job). Time is always passed in, never read, so
+callers and tests choose the clock.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+DEFAULT_TTL = 24 * 3600.0
+DEFAULT_MAX_HOLDERS_PER_KEY = 64
+DEFAULT_MAX_KEYS = 200_000
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """A peer that holds an object: the host it was seen at and its HTTP transfer port."""
+
+    host: str
+    port: int
+
+
+class ProviderStore:
+    """Holders per DHT key, each with an expiry time.
+
+    Callers may rely on:
+    - `add` merges: adding a holder never removes another holder of the same key, except to
+      respect `max_holders_per_key`, in which case the holder that expires soonest goes.
+    - re-adding a known holder extends its expiry (it never shortens it).
+    - `get` never returns an expired holder, and returns the freshest holders first.
+    - at most `max_keys` keys are kept: adding to a new key beyond that evicts the key that
+      was least recently added to.
+    """
+
+    def __init__(
+        self,
+        ttl: float = DEFAULT_TTL,
+        max_holders_per_key: int = DEFAULT_MAX_HOLDERS_PER_KEY,
+        max_keys: int = DEFAULT_MAX_KEYS,
+    ) -> None:
+        if ttl <= 0 or max_holders_per_key < 1 or max_keys < 1:
+            raise ValueError("ttl, max_holders_per_key and max_keys must be positive")
+        self.ttl = ttl
+        self.max_holders_per_key = max_holders_per_key
+        self.max_keys = max_keys
+        # key -> {holder: expiry}; the outer order is "least recently added to" first, so the
+        # key to evict is always at the front.
+        self._records: OrderedDict[bytes, dict[Holder, float]] = OrderedDict()
+
+    def add(self, key: bytes, holder: Holder, now: float) -> None:
+        """Record that `holder` holds `key` until `now + ttl`."""
+        holders = self._records.get(key)
+        if holders is None:
+            holders = {}
+            self._records[key] = holders
+            while len(self._records) > self.max_keys:
+                self._records.popitem(last=False)
+        else:
+            self._records.move_to_end(key)
+        expiry = now + self.ttl
+        holders[holder] = max(expiry, holders.get(holder, expiry))
+        if len(holders) > self.max_holders_per_key:
+            # drop expired ones first; if still full, the one that would expire first
+            self._drop_expired(holders, now)
+            while len(holders) > self.max_holders_per_key:
+                del holders[min(holders, key=holders.__getitem__)]
+
+    def get(self, key: bytes, now: float) -> list[Holder]:
+        """The live holders of `key`, freshest (latest expiry) first; [] if none."""
+        holders = self._records.get(key)
+        if holders is None:
+            return []
+        self._drop_expired(holders, now)
+        if not holders:
+            del self._records[key]
+            return []
+        return sorted(holders, key=holders.__getitem__, reverse=True)
+
+    def cull(self, now: float) -> int:
+        """Forget every expired holder and every key left empty; returns how many holders went."""
+        dropped = 0
+        for key in list(self._records):
+            holders = self._records[key]
+            dropped += self._drop_expired(holders, now)
+            if not holders:
+                del self._records[key]
+        return dropped
+
+    def __len__(self) -> int:
+        """Number of keys with at least one holder recorded (expired ones may still count
+        until the next `get` of that key or `cull`)."""
+        return len(self._records)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._records
+
+    @staticmethod
+    def _drop_expired(holders: dict[Holder, float], now: float) -> int:
+        expired = [h for h, expiry in holders.items() if expiry <= now]
+        for holder in expired:
+            del holders[holder]
+        return len(expired)

@@ -1,0 +1,343 @@
+"""DHT layer: real nodes on 127.0.0.1 (OS-chosen ports), one event loop per test."""
+
+import asyncio
+import contextlib
+import os
+import time
+
+import pytest
+import umsgpack
+from kademlia.network import Server
+
+from chunkstore.dht import (
+    MAX_HOLDERS_PER_ANSWER,
+    DhtNode,
+    dht_key,
+    load_contacts,
+    name_key,
+)
+from chunkstore.errors import InputError, NetworkError
+from chunkstore.providers import Holder
+
+pytestmark = pytest.mark.timeout(60)
+
+LOCAL = "127.0.0.1"
+MANIFEST = "ab" * 32
+OTHER_MANIFEST = "cd" * 32
+
+
+def run(main):
+    """Run `main()` in a fresh loop and fail if anything reached the loop's error handler."""
+    errors = []
+
+    async def wrapper():
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+        await main()
+
+    asyncio.run(wrapper())
+    assert errors == []
+
+
+@contextlib.asynccontextmanager
+async def swarm(size, **node_options):
+    """`size` nodes bootstrapped off the first; all stopped on exit, whatever happens."""
+    nodes = []
+    try:
+        for _ in range(size):
+            node = DhtNode(**node_options)
+            nodes.append(node)
+            bootstrap = [(LOCAL, nodes[0].port)] if len(nodes) > 1 else []
+            await node.start(LOCAL, 0, bootstrap)
+        yield nodes
+    finally:
+        for node in nodes:
+            await node.stop()
+
+
+class RawPeer(asyncio.DatagramProtocol):
+    """A plain UDP socket that records every datagram it receives."""
+
+    def __init__(self):
+        self.received = asyncio.Queue()
+
+    def datagram_received(self, data, addr):
+        self.received.put_nowait(data)
+
+
+@contextlib.asynccontextmanager
+async def raw_socket():
+    loop = asyncio.get_running_loop()
+    transport, peer = await loop.create_datagram_endpoint(RawPeer, local_addr=(LOCAL, 0))
+    try:
+        yield transport, peer
+    finally:
+        transport.close()
+
+
+def request(payload, msg_id=None):
+    return b"\x00" + (msg_id or os.urandom(20)) + umsgpack.packb(payload)
+
+
+async def answer(peer, timeout=0.5):
+    """The decoded answer the raw socket received, or None."""
+    try:
+        data = await asyncio.wait_for(peer.received.get(), timeout)
+    except TimeoutError:
+        return None
+    assert data[:1] == b"\x01"
+    return umsgpack.unpackb(data[21:])
+
+
+def random_key():
+    return dht_key(os.urandom(32))
+
+
+def test_find_providers_returns_every_announcer_with_its_transfer_port():
+    async def main():
+        async with swarm(5) as nodes:
+            key = random_key()
+            assert await nodes[0].announce(key, 9001) > 0
+            assert await nodes[1].announce(key, 9002) > 0
+            holders = await nodes[2].find_providers(key)
+            assert set(holders) == {Holder(LOCAL, 9001), Holder(LOCAL, 9002)}
+            assert len(await nodes[3].find_providers(key, limit=1)) == 1
+            assert await nodes[3].find_providers(random_key()) == []
+
+    run(main)
+
+
+def test_announce_many_announces_every_key():
+    async def main():
+        async with swarm(4) as nodes:
+            keys = [random_key() for _ in range(20)]
+            assert await nodes[0].announce_many(keys, 9100, concurrency=4) == 20
+            for key in keys[:5]:
+                assert await nodes[3].find_providers(key) == [Holder(LOCAL, 9100)]
+
+    run(main)
+
+
+def test_node_listening_on_a_wildcard_records_its_observed_address():
+    async def main():
+        async with swarm(2) as nodes:
+            wildcard = DhtNode()
+            try:
+                assert await wildcard.start("0.0.0.0", 0, [(LOCAL, nodes[0].port)]) == 1
+                key = random_key()
+                await wildcard.announce(key, 9200)
+                assert wildcard.providers.get(key, time.monotonic()) == [Holder(LOCAL, 9200)]
+                assert await nodes[1].find_providers(key) == [Holder(LOCAL, 9200)]
+            finally:
+                await wildcard.stop()
+
+    run(main)
+
+
+def test_published_name_resolves_from_another_node_and_unknown_names_give_none_fast():
+    async def main():
+        async with swarm(5) as nodes:
+            assert await nodes[0].publish_name("bigfile.iso", MANIFEST) > 0
+            assert await nodes[3].resolve_name("bigfile.iso") == MANIFEST
+            await nodes[1].publish_name("bigfile.iso", OTHER_MANIFEST)  # names are mutable
+            assert await nodes[4].resolve_name("bigfile.iso") == OTHER_MANIFEST
+            started = time.monotonic()
+            assert await nodes[2].resolve_name("no-such-name") is None
+            assert time.monotonic() - started < 3
+
+    run(main)
+
+
+def test_stock_kademlia_server_interoperates():
+    async def main():
+        async with swarm(3) as nodes:
+            await nodes[0].publish_name("shared.bin", MANIFEST)
+            stock = Server()
+            await stock.listen(0, LOCAL)
+            try:
+                await stock.bootstrap([(LOCAL, nodes[1].port)])
+                assert await stock.get("shared.bin") == MANIFEST
+                assert await stock.set("from-stock", OTHER_MANIFEST)
+                assert await nodes[2].resolve_name("from-stock") == OTHER_MANIFEST
+            finally:
+                stock.stop()
+
+    run(main)
+
+
+def test_garbage_datagrams_are_dropped_and_the_node_keeps_answering():
+    async def main():
+        async with swarm(2) as nodes:
+            target = (LOCAL, nodes[0].port)
+            nid, key = os.urandom(20), os.urandom(20)
+            truncated = request(["ping", [nid]])[:-5]
+            bad_requests = [
+                "ping",
+                ["ping"],
+                ["ping", 5],
+                ["ping", [b"short"]],
+                ["ping", {"a": 1}],
+                [1, 2],
+                [b"ping", [nid]],
+                ["stun", [1, 2, 3]],
+                ["no_such_rpc", []],
+                ["find_node", [nid, "not bytes"]],
+                ["find_value", [nid, b"x" * 21]],
+                ["store", [nid, key, ["a", "list"]]],
+                ["store", [nid, key, "x" * 5000]],
+                ["store", [nid, key]],
+                ["add_provider", [nid, key, 0]],
+                ["add_provider", [nid, key, 70000]],
+                ["add_provider", [nid, key, True]],
+                ["add_provider", [nid, key, "8080"]],
+                ["get_providers", [nid, 5]],
+                ["get_providers", [None, key]],
+            ]
+            garbage = [os.urandom(n) for n in (0, 1, 20, 21, 22, 100, 1500)]
+            garbage += [truncated, b"\x00" + os.urandom(20) + b"\x91" * 5000 + b"\xc0"]
+            garbage += [b"\x01" + os.urandom(20) + umsgpack.packb([True]), b"\x07" * 40]
+            async with raw_socket() as (transport, peer):
+                for payload in bad_requests:
+                    transport.sendto(request(payload), target)
+                for datagram in garbage:
+                    transport.sendto(datagram, target)
+                assert await answer(peer) is None  # no bad request got an answer
+                transport.sendto(request(["ping", [nid]]), target)
+                assert await answer(peer) == nodes[0].node_id
+            assert await nodes[1].protocol.ping_address(target) == nodes[0].node_id
+            await nodes[1].publish_name("after-garbage", MANIFEST)
+            assert await nodes[0].resolve_name("after-garbage") == MANIFEST
+
+    run(main)
+
+
+def test_a_request_cannot_register_a_foreign_address():
+    async def main():
+        async with swarm(3) as nodes:
+            target = (LOCAL, nodes[0].port)
+            key = random_key()
+            async with raw_socket() as (transport, peer):
+                nid = os.urandom(20)
+                transport.sendto(request(["add_provider", [nid, key, "10.1.2.3", 4242]]), target)
+                transport.sendto(request(["add_provider", [nid, key, ["10.1.2.3", 4242]]]), target)
+                assert await answer(peer) is None
+                transport.sendto(request(["add_provider", [nid, key, 4242]]), target)
+                assert await answer(peer) is True
+                transport.sendto(request(["get_providers", [nid, key]]), target)
+                reply = await answer(peer)
+            assert reply["providers"] == [[LOCAL, 4242]]
+            assert nodes[0].providers.get(key, time.monotonic()) == [Holder(LOCAL, 4242)]
+            assert await nodes[1].find_providers(key, limit=1) == [Holder(LOCAL, 4242)]
+
+    run(main)
+
+
+def test_get_providers_answer_stays_within_one_small_datagram():
+    async def main():
+        async with swarm(1) as (node,):
+            key = random_key()
+            now = time.monotonic()
+            for i in range(200):
+                node.providers.add(key, Holder(f"fd00:1234:5678:9abc:def0:1234:5678:{i:x}", 65535), now)
+            reply = node.protocol.rpc_get_providers((LOCAL, 40000), os.urandom(20), key)
+            assert len(reply["providers"]) == MAX_HOLDERS_PER_ANSWER
+            assert len(umsgpack.packb(reply)) < 8192 - 21
+
+    run(main)
+
+
+def test_lookups_stay_fast_after_a_node_dies():
+    async def main():
+        async with swarm(5) as nodes:
+            victim = nodes[4]
+            # a key right next to the victim's id, so every lookup wants to ask it
+            key = victim.node_id[:-1] + bytes([victim.node_id[-1] ^ 1])
+            assert await nodes[0].announce(key, 9300) >= 3
+            await victim.stop()
+
+            started = time.monotonic()
+            assert Holder(LOCAL, 9300) in await nodes[1].find_providers(key)
+            first = time.monotonic() - started
+            # the rest of the swarm still advertises the dead node; it must not cost a timeout
+            started = time.monotonic()
+            assert Holder(LOCAL, 9300) in await nodes[1].find_providers(key)
+            second = time.monotonic() - started
+            started = time.monotonic()
+            assert await nodes[2].resolve_name("unknown-after-death") is None
+            unknown = time.monotonic() - started
+            assert first < 3 and unknown < 3
+            assert second < 0.9  # below one RPC timeout: the dead node was skipped
+            assert victim.node_id not in {c.node_id for c in nodes[1].known_peers()}
+
+    run(main)
+
+
+def test_routing_contacts_survive_a_restart(tmp_path):
+    async def main():
+        path = tmp_path / "contacts.json"
+        async with swarm(3) as nodes:
+            await nodes[1].publish_name("kept.iso", MANIFEST)
+            assert nodes[0].save_contacts(path) == 2
+            await nodes[0].stop()
+            contacts = load_contacts(path)
+            assert sorted(contacts) == sorted((LOCAL, n.port) for n in nodes[1:])
+            restarted = DhtNode()
+            try:
+                assert await restarted.start(LOCAL, 0, contacts) == 2
+                assert await restarted.resolve_name("kept.iso") == MANIFEST
+            finally:
+                await restarted.stop()
+
+    run(main)
+    assert load_contacts(tmp_path / "missing.json") == []
+    (tmp_path / "bad.json").write_text('{"format": 1, "contacts": [["a"]')
+    assert load_contacts(tmp_path / "bad.json") == []
+    (tmp_path / "odd.json").write_text('{"format": 1, "contacts": [["not-an-ip", 1], ["127.0.0.1", 5]]}')
+    assert load_contacts(tmp_path / "odd.json") == [("127.0.0.1", 5)]
+
+
+def test_a_lonely_node_serves_its_own_records():
+    async def main():
+        async with swarm(1) as (node,):
+            key = random_key()
+            assert await node.announce(key, 9400) == 0  # nobody else to tell
+            assert await node.find_providers(key) == [Holder(LOCAL, 9400)]
+            assert await node.publish_name("alone", MANIFEST) == 0
+            assert await node.resolve_name("alone") == MANIFEST
+            await node.publish_name("upper", MANIFEST.upper())
+            assert await node.resolve_name("upper") == MANIFEST
+            assert node.known_peers() == []
+
+    run(main)
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError):
+        dht_key(b"\x00" * 20)
+    assert dht_key(bytes(range(32))) == bytes(range(20))
+    assert len(name_key("x")) == 20
+
+    async def main():
+        node = DhtNode()
+        with pytest.raises(NetworkError):
+            await node.find_providers(b"\x00" * 20)
+        async with swarm(1) as (node,):
+            with pytest.raises(ValueError):
+                await node.announce(os.urandom(32), 9000)
+            with pytest.raises(ValueError):
+                await node.announce(os.urandom(20), 0)
+            with pytest.raises(ValueError):
+                await node.announce_many([os.urandom(20), b"short"], 9000)
+            with pytest.raises(InputError):
+                await node.publish_name("x", "ABCD")
+            with pytest.raises(InputError):
+                await node.publish_name("", MANIFEST)
+        unreachable = DhtNode()
+        try:
+            # a bootstrap contact that does not answer is not an error, and costs ~1 RPC timeout
+            started = time.monotonic()
+            assert await unreachable.start(LOCAL, 0, [(LOCAL, 9)]) == 0
+            assert time.monotonic() - started < 2
+        finally:
+            await unreachable.stop()
+
+    run(main)
