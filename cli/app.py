@@ -2,27 +2,34 @@
 
 from __future__ import annotations
 
-import os
+import asyncio
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from chunkstore import swarm
 from chunkstore.chunking import FASTCDC, FIXED, ChunkerParams
 from chunkstore.codec import DEFAULT_LEVEL
 from chunkstore.ingest import add_file
+from chunkstore.demo import run_demo
 from chunkstore.inventory import file_info, list_files
+from chunkstore.node import parse_address
 from chunkstore.output import safe_output_name
 from chunkstore.restore import restore_file
-from chunkstore.store import Store
+from chunkstore.store import Store, default_home
 from chunkstore.tuning import tune_allocator
+from chunkstore.units import parse_rate, parse_size
 from chunkstore.verify import verify_store
-from chunkstore_cli.render import emit, errors_as_messages, fail, human_bytes, progress_bar
+from chunkstore_cli.render import (emit, errors_as_messages, fail, human_bytes,
+                                  progress_bar, progress_callback, stderr)
 
 app = typer.Typer(help="Content-addressed file distribution: add files, get them back.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
+BootstrapOpt = Annotated[Optional[list[str]], typer.Option(
+    "--bootstrap", help="HOST:PORT of a node's DHT to join (repeatable).")]
 HomeOpt = Annotated[Optional[Path], typer.Option(
     "--home", help="Store directory (default: $CHUNKSTORE_HOME or ~/.chunkstore).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
@@ -61,20 +68,25 @@ def get(name_or_id: Annotated[str, typer.Argument(help="File name or manifest id
         output: Annotated[Optional[str], typer.Option(
             "-o", "--output", help="Output path, or - for stdout (default: ./NAME).")] = None,
         force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
-        home: HomeOpt = None, json: JsonOpt = False) -> None:
-    """Write a stored file out."""
+        bootstrap: BootstrapOpt = None, home: HomeOpt = None, json: JsonOpt = False) -> None:
+    """Get a file: from the local store if complete, else from every peer that holds it."""
     with errors_as_messages():
-        with open_store(home) as store:
-            info = file_info(store, name_or_id)
-            if output == "-":
-                target = sys.stdout.buffer
-            else:
-                target = Path(output) if output else Path(safe_output_name(name_or_id))
-            with progress_bar("get", info.size, not json and output != "-") as progress:
-                result = restore_file(store, name_or_id, target, force=force, progress=progress)
+        peers = [parse_address(a) for a in bootstrap or []]
+        if output == "-":
+            target = sys.stdout.buffer
+        else:
+            target = Path(output) if output else Path(safe_output_name(name_or_id))
+        with open_store(home) as store, \
+                progress_bar("get", None, not json and output != "-") as bar:
+            result = asyncio.run(swarm.get(store, name_or_id, target, bootstrap=peers,
+                                           force=force, progress=bar, on_total=bar and bar.total))
         if output != "-":
-            emit(result, json, lambda r: [f"wrote {r.output} ({human_bytes(r.size)}, "
-                                          f"{r.chunks} chunks)"])
+            emit(result, json, lambda r: [
+                f"wrote {r.output} ({human_bytes(r.size)}, {r.chunks} chunks)",
+                *([f"fetched {human_bytes(r.bytes_fetched)} in {r.seconds:.1f} s "
+                   f"({r.throughput / 1e6:.1f} MB/s) from {len(r.sources)} peer(s), "
+                   f"{r.chunks_reused} chunks already local"] if r.chunks_fetched else []),
+            ])
 
 
 @app.command("ls")
@@ -135,6 +147,84 @@ def gc(home: HomeOpt = None, json: JsonOpt = False) -> None:
     with errors_as_messages(), open_store(home) as store:
         emit(store.gc(), json, lambda r: [
             f"deleted {r.chunks_deleted} chunks, freed {human_bytes(r.bytes_freed)}"])
+
+
+@app.command()
+def serve(host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
+          port: Annotated[int, typer.Option(
+              help="UDP port of the DHT and TCP port of transfers (0: the OS picks).")] = 0,
+          bootstrap: BootstrapOpt = None,
+          upload_rate: Annotated[Optional[str], typer.Option(
+              help="Cap on upload bytes/s, e.g. 25MB (default: none).")] = None,
+          home: HomeOpt = None) -> None:
+    """Run a node until Ctrl-C: join the DHT, serve chunks, announce what the store holds."""
+    import logging
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("rpcudp").setLevel(logging.CRITICAL)  # logs every peer timeout
+    with errors_as_messages():
+        peers = [parse_address(a) for a in bootstrap or []]
+        rate = parse_rate(upload_rate) if upload_rate else None
+        if not 0 <= port < 65536:
+            raise fail(f"port must be 0..65535, not {port}", 2)
+
+        def ready(info) -> None:
+            stderr.print(f"serving {info.host} dht udp/{info.dht_port} transfer "
+                         f"tcp/{info.transfer_port} (bootstrap others with --bootstrap "
+                         f"{info.dht_address()}); Ctrl-C stops", markup=False, highlight=False)
+
+        with open_store(home) as store:
+            asyncio.run(swarm.serve(store, host=host, port=port, bootstrap=peers,
+                                    upload_rate=rate, on_ready=ready))
+
+
+@app.command()
+def providers(object_id: Annotated[str, typer.Argument(help="Chunk or manifest id (hex).")],
+              bootstrap: BootstrapOpt = None, home: HomeOpt = None,
+              json: JsonOpt = False) -> None:
+    """List the peers the DHT knows as holders of a chunk or manifest."""
+    with errors_as_messages():
+        peers = [parse_address(a) for a in bootstrap or []]
+        holders = asyncio.run(swarm.providers(Path(home) if home else default_home(),
+                                              object_id, peers))
+        emit([{"host": h.host, "port": h.port} for h in holders], json,
+             lambda hs: [f"{h['host']}:{h['port']}" for h in hs] or ["no holders found"])
+
+
+@app.command()
+def peers(home: HomeOpt = None, json: JsonOpt = False) -> None:
+    """List the DHT contacts of the node serving this home."""
+    with errors_as_messages():
+        contacts = asyncio.run(swarm.peers(Path(home) if home else default_home()))
+        emit(contacts, json, lambda cs: [f"{c['host']}:{c['port']}  {c['node_id']}"
+                                         for c in cs] or ["no peers"])
+
+
+@app.command()
+def demo(nodes: Annotated[int, typer.Option(min=3, max=32, help="Local nodes to start.")] = 5,
+         size: Annotated[str, typer.Option(help="Size of each demo file.")] = "64MiB",
+         upload_rate: Annotated[str, typer.Option(
+             help="Upload cap per node, standing in for a peer's uplink (0: none).")] = "20MB",
+         json: JsonOpt = False) -> None:
+    """Start a local swarm, fetch a file from one holder and one from several, print speeds."""
+    with errors_as_messages():
+        nbytes = parse_size(size)
+        rate_text = None if parse_rate(upload_rate) is None else upload_rate
+
+        def progress(label: str, total: int):
+            return None if json else progress_callback(label, total)
+
+        result = run_demo(nodes=nodes, size=nbytes, upload_rate=rate_text,
+                          report=(lambda line: None) if json else
+                          (lambda line: stderr.print(line, markup=False, highlight=False)),
+                          progress=progress)
+        emit(result, json, lambda r: [
+            f"single source: {r.single_source_mbps:7.1f} MB/s",
+            f"multi source:  {r.multi_source_mbps:7.1f} MB/s from {len(r.sources)} holders "
+            f"({r.speedup:.2f}x)",
+            "files identical: " + ("yes" if r.identical else "NO"),
+        ])
+        if not result.identical:
+            raise typer.Exit(1)
 
 
 def main() -> None:

@@ -58,14 +58,50 @@ def errors_as_messages() -> Iterator[None]:
         raise fail(f"{e.strerror or e}{where}") from None
 
 
+class ProgressSink:
+    """A progress callback (bytes done) whose total may be learnt after it starts."""
+
+    def __init__(self, bar: Progress, label: str, total: int | None) -> None:
+        self._bar = bar
+        self._task = bar.add_task(label, total=total)
+
+    def __call__(self, n: int) -> None:
+        self._bar.advance(self._task, n)
+
+    def total(self, total: int) -> None:
+        self._bar.update(self._task, total=total)
+
+
+def _new_bar() -> Progress:
+    return Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                    TransferSpeedColumn(), TimeRemainingColumn(), console=stderr,
+                    transient=True)
+
+
 @contextmanager
-def progress_bar(label: str, total: int, enabled: bool) -> Iterator[Callable[[int], None] | None]:
+def progress_bar(label: str, total: int | None, enabled: bool) -> Iterator[ProgressSink | None]:
     """A progress callback with throughput, shown only when stderr is a terminal."""
     if not enabled or not sys.stderr.isatty():
         yield None
         return
-    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                  TransferSpeedColumn(), TimeRemainingColumn(), console=stderr,
-                  transient=True) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda n: bar.advance(task, n)
+    with _new_bar() as bar:
+        yield ProgressSink(bar, label, total)
+
+
+def progress_callback(label: str, total: int) -> Callable[[int], None] | None:
+    """A progress bar that starts now and ends when its total is reached (for a sequence of
+    transfers, as in the demo); None when stderr is not a terminal."""
+    if not sys.stderr.isatty():
+        return None
+    bar = _new_bar()
+    bar.start()
+    sink = ProgressSink(bar, label, total)
+    done = 0
+
+    def advance(n: int) -> None:
+        nonlocal done
+        sink(n)
+        done += n
+        if done >= total:
+            bar.stop()
+    return advance

@@ -1,0 +1,152 @@
+"""A swarm of chunkstore nodes on this machine: one `serve` process per node, 127.0.0.1 only.
+
+Used by `chunkstore demo`, the swarm benchmark and the integration tests. Every process it
+starts is stopped when the context exits, whatever happened.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from chunkstore.errors import ChunkstoreError
+from chunkstore.node import NodeInfo, running_node
+
+START_TIMEOUT = 20.0
+
+
+@dataclass
+class LocalNode:
+    index: int
+    home: Path
+    proc: subprocess.Popen
+    info: NodeInfo
+
+    @property
+    def dht_address(self) -> str:
+        return f"127.0.0.1:{self.info.dht_port}"
+
+    @property
+    def transfer_address(self) -> str:
+        return f"127.0.0.1:{self.info.transfer_port}"
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def serve_command(home: Path, bootstrap: list[str], upload_rate: str | None) -> list[str]:
+    cmd = [sys.executable, "-m", "chunkstore_cli", "serve", "--home", str(home),
+           "--host", "127.0.0.1", "--port", "0"]
+    for address in bootstrap:
+        cmd += ["--bootstrap", address]
+    if upload_rate:
+        cmd += ["--upload-rate", upload_rate]
+    return cmd
+
+
+class LocalSwarm:
+    """Start with `with LocalSwarm(n) as swarm:`; nodes are `swarm.nodes[i]`."""
+
+    def __init__(self, count: int, *, root: Path | None = None, upload_rate: str | None = None,
+                 log_dir: Path | None = None) -> None:
+        self.count = count
+        self.upload_rate = upload_rate
+        self._own_root = root is None
+        self.root = Path(tempfile.mkdtemp(prefix="chunkstore-swarm-")) if root is None else root
+        self.log_dir = log_dir or self.root
+        self.nodes: list[LocalNode] = []
+
+    def __enter__(self) -> "LocalSwarm":
+        try:
+            first = self.start_node()
+            for _ in range(self.count - 1):
+                self.start_node([first.dht_address])
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start_node(self, bootstrap: list[str] | None = None, *,
+                   upload_rate: str | None = None, home: Path | None = None) -> LocalNode:
+        """Start one more `serve` process and wait until it is up."""
+        index = len(self.nodes)
+        home = home or self.root / f"node{index}"
+        home.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_dir / f"node{index}.log", "ab")
+        proc = subprocess.Popen(serve_command(home, bootstrap or [],
+                                              upload_rate or self.upload_rate),
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        log.close()
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            info = running_node(home)
+            if info is not None and info.pid == proc.pid:
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                tail = (self.log_dir / f"node{index}.log").read_text(errors="replace")[-2000:]
+                raise ChunkstoreError(f"node {index} did not start: {tail.strip()}")
+            time.sleep(0.05)
+        node = LocalNode(index, home, proc, info)
+        self.nodes.append(node)
+        return node
+
+    def stop_node(self, node: LocalNode, timeout: float = 10.0) -> int:
+        """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code."""
+        if node.proc.poll() is None:
+            node.proc.send_signal(signal.SIGTERM)
+            try:
+                node.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                node.proc.kill()
+                node.proc.wait()
+        return node.proc.returncode
+
+    def close(self) -> None:
+        for node in self.nodes:
+            if node.proc.poll() is None:
+                node.proc.send_signal(signal.SIGTERM)
+        for node in self.nodes:
+            try:
+                node.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                node.kill()
+        if self._own_root:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def node_stats(node: LocalNode) -> dict:
+    """The node's own counters (bytes served...), from its local API."""
+    with urllib.request.urlopen(node.info.api_url + "/node", timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def providers_of(node: LocalNode, object_id: str) -> list[dict]:
+    with urllib.request.urlopen(f"{node.info.api_url}/dht/providers/{object_id}",
+                                timeout=15) as resp:
+        return json.loads(resp.read())
+
+
+def wait_for_providers(node: LocalNode, object_id: str, count: int,
+                       timeout: float = 30.0) -> list[dict]:
+    """Poll `node`'s DHT until `object_id` has at least `count` holders."""
+    deadline = time.monotonic() + timeout
+    while True:
+        holders = providers_of(node, object_id)
+        if len(holders) >= count or time.monotonic() > deadline:
+            return holders
+        time.sleep(0.2)
