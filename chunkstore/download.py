@@ -93,7 +93,9 @@ class _ChunkFetch:
     """One download of the missing chunks of a manifest into the store and an output fd."""
 
     def __init__(self, store: Store, directory: Directory, client: TransferClient,
-                 manifest: Manifest, out_fd: int | None, progress: Progress | None) -> None:
+                 manifest_id: bytes, manifest: Manifest, out_fd: int | None,
+                 progress: Progress | None) -> None:
+        self.manifest_id = manifest_id
         self.store = store
         self.directory = directory
         self.client = client
@@ -111,11 +113,14 @@ class _ChunkFetch:
         self.units = [cid for cid in offsets if cid in missing]
         self.offsets = offsets
         self.sizes = [sizes[cid] for cid in self.units]
-        self.scheduler = DownloadScheduler(self.sizes)
+        # A dead holder is probed twice (after 2 s, then 4 s) before its chunks are given up:
+        # a user waiting on a get wants "missing" in seconds, not minutes.
+        self.scheduler = DownloadScheduler(self.sizes, down_backoff=2.0, down_retries=2)
         self.pending: list[tuple[bytes, bytes]] = []
         self.pending_bytes = 0
         self.last_flush = time.monotonic()
         self.fetched_bytes = 0
+        self.accepted: set[bytes] = set()
 
     def write_out(self, chunk_id: bytes, raw: bytes | memoryview) -> None:
         if self.out_fd is not None:
@@ -130,9 +135,18 @@ class _ChunkFetch:
             self.pending, self.pending_bytes = [], 0
         self.last_flush = time.monotonic()
 
-    async def lookup_holders(self) -> None:
-        """Ask the DHT for the holders of each missing chunk, a few at a time."""
-        queue = list(enumerate(self.units))
+    async def lookup_holders(self, refresh: bool = False) -> None:
+        """Ask the DHT for the holders of each missing chunk, a few at a time.
+
+        With `refresh`, first ask again for the manifest's holders: peers that joined or
+        came back since the download started."""
+        if refresh:
+            try:
+                for holder in await self.directory.find_providers(self.manifest_id):
+                    self.scheduler.add_peer_for_all(holder)
+            except NetworkError:
+                pass
+        queue = [(i, cid) for i, cid in enumerate(self.units) if cid not in self.accepted]
         queue.reverse()
 
         async def worker() -> None:
@@ -170,6 +184,7 @@ class _ChunkFetch:
         return req, None, self._accept(cid, stored, raw)
 
     def _accept(self, cid: bytes, stored: bytes, raw: bytes | memoryview) -> int:
+        self.accepted.add(cid)
         self.write_out(cid, raw)
         self.pending.append((cid, stored))
         self.pending_bytes += len(stored)
@@ -183,6 +198,7 @@ class _ChunkFetch:
         for holder in manifest_holders:
             sched.add_peer_for_all(holder)
         lookups = asyncio.create_task(self.lookup_holders()) if self.units else None
+        refreshes_left = 1
         tasks: dict[asyncio.Task, Request] = {}
         by_request: dict[Request, asyncio.Task] = {}
         try:
@@ -201,13 +217,18 @@ class _ChunkFetch:
                 lookups_running = lookups is not None and not lookups.done()
                 wakeup = sched.next_wakeup()
                 if not tasks and wakeup is None and not lookups_running:
-                    break  # nothing in flight, nothing to wait for: the rest is unfetchable
+                    if not refreshes_left:
+                        break  # nothing in flight, nothing to wait for: the rest is unfetchable
+                    refreshes_left -= 1
+                    lookups = asyncio.create_task(self.lookup_holders(refresh=True))
+                    continue
                 waiting: set[asyncio.Future] = set(tasks)
                 if lookups_running:
                     waiting.add(lookups)
                 timeout = None if wakeup is None else max(0.0, wakeup - loop.time())
-                if timeout is None and not waiting:
-                    break
+                if not waiting:
+                    await asyncio.sleep(timeout)  # a back-off or a deadline: nothing in flight
+                    continue
                 done, _ = await asyncio.wait(waiting, timeout=timeout,
                                              return_when=asyncio.FIRST_COMPLETED)
                 now = loop.time()
@@ -264,12 +285,13 @@ async def fetch_file(store: Store, directory: Directory, client: TransferClient,
     name = name_or_id if not looks_like_id(name_or_id) else ""
     with store.lease():
         if output is None:
-            job = _ChunkFetch(store, directory, client, manifest, None, progress)
+            job = _ChunkFetch(store, directory, client, manifest_id, manifest, None, progress)
             sources = await job.run(holders)
         else:
             with atomic_output(output, force=force) as f:
                 os.ftruncate(f.fileno(), manifest.size)
-                job = _ChunkFetch(store, directory, client, manifest, f.fileno(), progress)
+                job = _ChunkFetch(store, directory, client, manifest_id, manifest, f.fileno(),
+                                  progress)
                 sources = await job.run(holders)
                 job.write_present()
         store.put_manifest(manifest, name=name or None, pin=True)

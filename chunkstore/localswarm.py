@@ -141,12 +141,16 @@ def providers_of(node: LocalNode, object_id: str) -> list[dict]:
         return json.loads(resp.read())
 
 
-def wait_for_providers(node: LocalNode, object_id: str, count: int,
-                       timeout: float = 30.0) -> list[dict]:
-    """Poll `node`'s DHT until `object_id` has at least `count` holders."""
+def wait_for_providers(node: LocalNode, object_id: str, count: int = 1, *,
+                       including: LocalNode | None = None, timeout: float = 30.0) -> list[dict]:
+    """Poll `node`'s DHT until `object_id` has at least `count` holders (and `including`
+    among them, when given); returns the holders found, even on time-out."""
     deadline = time.monotonic() + timeout
     while True:
         holders = providers_of(node, object_id)
-        if len(holders) >= count or time.monotonic() > deadline:
+        found = {f"{h['host']}:{h['port']}" for h in holders}
+        if len(holders) >= count and (including is None or including.transfer_address in found):
+            return holders
+        if time.monotonic() > deadline:
             return holders
         time.sleep(0.2)

@@ -114,6 +114,9 @@ class Node:
         tmp = self.home / (NODE_FILE + ".tmp")
         tmp.write_text(json.dumps(asdict(self.info)))
         os.replace(tmp, self.home / NODE_FILE)
+        # Records made by an earlier run name its old transfer port and may have expired:
+        # announce everything again, as IPFS reprovides at start.
+        self.requeue_everything()
         self._tasks = [asyncio.create_task(self._announce_loop()),
                        asyncio.create_task(self._save_contacts_loop())]
         return self.info
