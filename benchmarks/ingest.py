@@ -1,0 +1,701 @@
+#!/usr/bin/env python3
+"""Ingest / restore throughput of chunkstore against zstd, cp and restic, plus peak RSS.
+
+Run from the repository root with the project's virtualenv:
+
+    python benchmarks/ingest.py [--size 1GiB] [--repeat 3] [--workdir DIR] [--json OUT.json]
+                                [--skip-restic] [--rss-size 4GiB | --no-rss]
+
+1. Generates a deterministic file (first half random bytes, second half word-salad text that
+   zstd -3 compresses to roughly 30%), streaming in 4 MiB blocks.
+2. For each repetition, times as subprocesses, in a fixed order:
+     add: `zstd -3 -T2`, `chunkstore add` (fresh store), `restic backup` (fresh repository)
+     get: `cp`, `zstd -d`, `chunkstore get`, `restic restore`
+   and checks every restored file is byte-identical to the input.
+3. Runs `chunkstore add` / `get` on a larger file (default 4 GiB) to measure peak RSS against
+   the 150 MiB goal.
+4. Prints a table (median and min-max MB/s, CPU time, peak RSS, stored size), the
+   chunkstore-vs-reference ratios against the project's goals, and a markdown version of the
+   table for the README. `--json` writes the same data.
+
+Throughputs are input bytes (decimal MB = 1e6 bytes) divided by the wall time of the whole
+command, interpreter start-up included: that is what a user waits for. Missed goals are
+reported, not failures: the exit code is non-zero only when something is actually wrong
+(a tool failed, or restored bytes differ from the input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import os
+import platform
+import random
+import re
+import resource
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from array import array
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from operator import itemgetter
+from pathlib import Path
+from typing import Any
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+MB = 1_000_000
+
+BLOCK = 4 * MiB  # generation / hashing / warm-up unit: large enough to be cheap, small in RAM
+SEED = 0x636B7374  # fixed: every run benchmarks the same bytes
+RSS_GOAL_MIB = 150.0
+RESTIC_PASSWORD = "chunkstore-benchmark"  # throwaway repositories inside the temp workdir
+STORED_NAME = "bench.bin"
+
+# (subject, reference, minimum ratio of subject throughput to reference throughput)
+GOALS: list[tuple[str, str, float]] = [
+    ("chunkstore add", "zstd add", 1.0),
+    ("chunkstore add", "restic add", 1.5),
+    ("chunkstore get", "zstd get", 1.0),
+    ("chunkstore get", "cp get", 0.5),
+    ("chunkstore get", "restic get", 1.5),
+]
+
+# Display labels and table order of every measured (tool, operation).
+LABELS: dict[str, tuple[str, str]] = {
+    "zstd add": ("zstd -3 -T2", "add"),
+    "chunkstore add": ("chunkstore add", "add"),
+    "restic add": ("restic backup", "add"),
+    "cp get": ("cp", "get"),
+    "zstd get": ("zstd -d", "get"),
+    "chunkstore get": ("chunkstore get", "get"),
+    "restic get": ("restic restore", "get"),
+}
+
+
+class BenchError(Exception):
+    """Something really went wrong (a tool failed, restored bytes differ): exit non-zero."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Input generation
+# ---------------------------------------------------------------------------------------------
+
+def _text_table(rng: random.Random) -> list[bytes]:
+    """65536 word tokens whose frequencies follow Zipf's law, as in natural text.
+
+    Words are built from syllables so they look word-like (shared prefixes and suffixes give
+    zstd's matcher something to find, like real text), and a few punctuation/newline tokens
+    break the stream into sentences and lines. Drawing uniformly from this table gives the
+    Zipf distribution without a per-word bisect, which keeps generation ~90 MB/s in Python.
+    """
+    syllables = ["ka", "ro", "mi", "ten", "sa", "lu", "de", "vor", "in", "ex", "pre", "ta", "no",
+                 "le", "qu", "is", "an", "ber", "cho", "ul", "ment", "ing", "er", "ly", "st",
+                 "ph", "ou", "ai"]
+    lengths = (1, 1, 2, 2, 2, 3, 3, 4)  # syllables per word
+    words: set[str] = set()
+    while len(words) < 8000:
+        words.add("".join(rng.choice(syllables) for _ in range(rng.choice(lengths))))
+    vocab = sorted(words)  # sorted: set order depends on the hash seed, the output must not
+    rng.shuffle(vocab)
+    tokens = [w.encode() for w in vocab] + [b"the", b"and", b"of", b",", b".", b".\n"]
+    weights = [1.0 / (rank + 1) for rank in range(len(vocab))] + [1.0, 0.6, 0.5, 0.3, 0.3, 0.15]
+    return rng.choices(tokens, cum_weights=list(itertools.accumulate(weights)), k=65536)
+
+
+def _text_block(rng: random.Random, table: list[bytes], size: int) -> bytes:
+    """`size` bytes of text: tokens drawn uniformly from `table` with 16-bit random indices."""
+    parts: list[bytes] = []
+    have = 0
+    while have < size:
+        idx = array("H")
+        idx.frombytes(rng.randbytes(2 * 65536))
+        part = b" ".join(itemgetter(*idx)(table))
+        parts.append(part)
+        have += len(part) + 1
+    return b" ".join(parts)[:size]
+
+
+def generate_file(path: Path, size: int, seed: int = SEED) -> str:
+    """Write `size` deterministic bytes to `path`; return their SHA-256 (hex).
+
+    First half: random bytes (incompressible, like media or archives; chunkstore should store
+    them raw). Second half: compressible text. Written in BLOCK pieces so a 4 GiB file never
+    sits in memory, and hashed on the way so verification needs no extra pass over the input.
+    """
+    rng = random.Random(seed)
+    table = _text_table(rng)
+    digest = hashlib.sha256()
+    half = size // 2
+    written = 0
+    with open(path, "wb") as f:
+        while written < size:
+            if written < half:
+                block = rng.randbytes(min(BLOCK, half - written))
+            else:
+                block = _text_block(rng, table, min(BLOCK, size - written))
+            f.write(block)
+            digest.update(block)
+            written += len(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def warm(paths: Iterable[Path]) -> None:
+    """Read files (or every file under directories) so the next tool finds them in page cache.
+
+    Dropping caches is not reliably possible here, so instead every tool starts warm."""
+    buf = bytearray(BLOCK)
+    for p in paths:
+        files = [p] if p.is_file() else [q for q in p.rglob("*") if q.is_file()]
+        for q in files:
+            with open(q, "rb", buffering=0) as f:
+                while f.readinto(buf):
+                    pass
+
+
+def disk_usage(path: Path) -> int:
+    """Allocated bytes of a file or tree (like `du`): LMDB and restic files can be sparse."""
+    files = [path] if path.is_file() else [q for q in path.rglob("*") if q.is_file()]
+    return sum(q.stat().st_blocks * 512 for q in files)
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring one subprocess
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    """One measured command. Times in seconds, memory in KiB."""
+    wall_s: float
+    user_s: float
+    sys_s: float
+    maxrss_kib: int  # peak RSS (file-backed mapped pages included); see run_measured
+    maxrss_exact: bool  # True: the kernel's ru_maxrss; False: sampled VmHWM (a lower bound)
+    ru_maxrss_kib: int  # raw ru_maxrss from wait4
+    peak_anon_kib: int  # sampled from /proc: heap and other private memory
+    peak_file_kib: int  # sampled from /proc: mapped file pages (e.g. LMDB's map) in RSS
+    sync_s: float  # time of a `sync` right after the run: the write-back it left behind
+    nbytes: int  # input bytes the throughput refers to
+    stored_bytes: int | None = None
+
+    @property
+    def mbps(self) -> float:
+        return self.nbytes / MB / self.wall_s
+
+    @property
+    def mbps_synced(self) -> float:
+        """Throughput counting the write-back: comparable between tools that fsync and not."""
+        return self.nbytes / MB / (self.wall_s + self.sync_s)
+
+
+class RssSampler(threading.Thread):
+    """Polls /proc/PID/status for the child's VmHWM and its anonymous / file-backed split.
+
+    The split tells whether memory is the process's own buffers or pages of a mapped file
+    (which the kernel can drop at will). VmHWM belongs to the exec'd program's own address
+    space, so it is a clean (if up to one interval late) peak when ru_maxrss is not usable."""
+
+    def __init__(self, pid: int, interval: float = 0.01) -> None:
+        super().__init__(daemon=True)
+        self.path = f"/proc/{pid}/status"
+        self.interval = interval
+        self.hwm = self.anon = self.file = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            try:
+                with open(self.path) as f:
+                    fields = dict(line.split(":", 1) for line in f if ":" in line)
+            except OSError:
+                return
+            self.hwm = max(self.hwm, int(fields.get("VmHWM", "0 kB").split()[0]))
+            self.anon = max(self.anon, int(fields.get("RssAnon", "0 kB").split()[0]))
+            self.file = max(self.file, int(fields.get("RssFile", "0 kB").split()[0]))
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+
+
+def run_measured(cmd: Sequence[str | os.PathLike[str]], *, nbytes: int, log: Path,
+                 env: dict[str, str] | None = None) -> Run:
+    """Run `cmd`, waiting with os.wait4 to get its wall time, CPU time and peak RSS.
+
+    Output goes to `log` (shown on failure). A `sync` follows, timed separately, so that the
+    next tool does not pay for this one's dirty pages."""
+    argv = [os.fspath(c) for c in cmd]
+    with open(log, "ab") as out:
+        out.write(f"\n$ {shlex.join(argv)}\n".encode())
+        out.flush()
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                stdin=subprocess.DEVNULL)
+        sampler = RssSampler(proc.pid)
+        sampler.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:  # Ctrl-C or SIGTERM: do not leave the child running
+            proc.kill()
+            proc.wait()
+            sampler.stop()
+            raise
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+        sampler.stop()
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace")[-2000:]
+        raise BenchError(f"{shlex.join(argv)} exited with {proc.returncode}:\n{tail}")
+    start = time.perf_counter()
+    os.sync()
+    sync_s = time.perf_counter() - start
+    # Linux records the pre-exec address space's peak in the child's ru_maxrss, and
+    # subprocess spawns with vfork: that is this benchmark's own peak RSS. So ru_maxrss is the
+    # child's figure only when it exceeds our own peak; otherwise use the sampled VmHWM.
+    own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    exact = usage.ru_maxrss > own_peak
+    return Run(wall_s=wall, user_s=usage.ru_utime, sys_s=usage.ru_stime,
+               maxrss_kib=usage.ru_maxrss if exact else (sampler.hwm or usage.ru_maxrss),
+               maxrss_exact=exact,
+               ru_maxrss_kib=usage.ru_maxrss, peak_anon_kib=sampler.anon,
+               peak_file_kib=sampler.file, sync_s=sync_s, nbytes=nbytes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tools and setup
+# ---------------------------------------------------------------------------------------------
+
+def chunkstore_cmd() -> list[str]:
+    """The chunkstore of the running interpreter's environment, never another one on PATH."""
+    script = Path(sys.executable).parent / "chunkstore"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "chunkstore_cli"]
+
+
+def ensure_tools(want_restic: bool) -> dict[str, bool]:
+    """Which reference tools are usable; installs missing ones with apt-get when root."""
+    wanted = ["zstd"] + (["restic"] if want_restic else [])
+    missing = [t for t in wanted if shutil.which(t) is None]
+    if missing and os.geteuid() == 0 and shutil.which("apt-get"):
+        print(f"setup: installing {' '.join(missing)} with apt-get ...", flush=True)
+        ok = subprocess.run(["apt-get", "update"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL).returncode == 0
+        if ok:
+            subprocess.run(["apt-get", "install", "-y", *missing], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL,
+                           env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    have = {t: shutil.which(t) is not None for t in ("zstd", "restic", "cp")}
+    if not want_restic:
+        have["restic"] = False
+    for tool in wanted:
+        if not have[tool]:
+            print(f"setup: {tool} is not available (install it, e.g. `apt-get install {tool}`); "
+                  f"its rows are skipped", flush=True)
+    if not have["cp"]:
+        raise BenchError("cp not found")
+    return have
+
+
+def tool_version(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    return out.strip().splitlines()[0] if out.strip() else "?"
+
+
+@dataclass
+class Context:
+    work: Path
+    input: Path
+    size: int
+    sha256: str
+    have: dict[str, bool]
+    chunkstore: list[str]
+    log: Path
+    restic_env: dict[str, str] = field(default_factory=dict)
+
+
+def check_output(ctx: Context, path: Path, what: str) -> None:
+    """A benchmark that restores garbage is worthless: every restored file is compared."""
+    if not path.is_file():
+        raise BenchError(f"{what}: expected output {path} was not written")
+    if path.stat().st_size != ctx.size or file_sha256(path) != ctx.sha256:
+        raise BenchError(f"{what}: restored bytes differ from the input ({path})")
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmarks
+# ---------------------------------------------------------------------------------------------
+
+def bench_add(ctx: Context, rep: int, results: dict[str, list[Run]]) -> dict[str, Path]:
+    """Store the input with every tool into fresh targets; return what each get will read."""
+    made: dict[str, Path] = {}
+    if ctx.have["zstd"]:
+        zst = ctx.work / f"input.{rep}.zst"
+        warm([ctx.input])
+        run = run_measured(["zstd", "-3", "-T2", "-q", "-f", ctx.input, "-o", zst],
+                           nbytes=ctx.size, log=ctx.log)
+        run.stored_bytes = disk_usage(zst)
+        results["zstd add"].append(run)
+        made["zstd"] = zst
+
+    home = ctx.work / f"store.{rep}"  # fresh per repetition: every add stores every chunk
+    warm([ctx.input])
+    run = run_measured([*ctx.chunkstore, "add", ctx.input, "--name", STORED_NAME,
+                        "--home", home, "--json"], nbytes=ctx.size, log=ctx.log)
+    run.stored_bytes = disk_usage(home)
+    results["chunkstore add"].append(run)
+    made["chunkstore"] = home
+
+    if ctx.have["restic"]:
+        repo = ctx.work / f"restic.{rep}"
+        env = {**ctx.restic_env, "RESTIC_REPOSITORY": str(repo)}
+        init = subprocess.run(["restic", "init"], env=env, capture_output=True, text=True)
+        if init.returncode != 0:
+            raise BenchError(f"restic init failed:\n{init.stdout}{init.stderr}")
+        warm([ctx.input])
+        run = run_measured(["restic", "backup", "--quiet", ctx.input], env=env,
+                           nbytes=ctx.size, log=ctx.log)
+        run.stored_bytes = disk_usage(repo)
+        results["restic add"].append(run)
+        made["restic"] = repo
+    return made
+
+
+def bench_get(ctx: Context, rep: int, made: dict[str, Path],
+              results: dict[str, list[Run]]) -> None:
+    """Restore with every tool to a new file on the same filesystem, verify, delete."""
+    out = ctx.work / f"out.{rep}"
+
+    warm([ctx.input])
+    results["cp get"].append(run_measured(["cp", "--reflink=never", ctx.input, out],
+                                          nbytes=ctx.size, log=ctx.log))
+    check_output(ctx, out, "cp")
+    out.unlink()
+
+    if "zstd" in made:
+        warm([made["zstd"]])
+        results["zstd get"].append(run_measured(["zstd", "-d", "-q", "-f", made["zstd"], "-o", out],
+                                                nbytes=ctx.size, log=ctx.log))
+        check_output(ctx, out, "zstd -d")
+        out.unlink()
+
+    warm([made["chunkstore"]])
+    results["chunkstore get"].append(run_measured(
+        [*ctx.chunkstore, "get", STORED_NAME, "-o", out, "--home", made["chunkstore"], "--json"],
+        nbytes=ctx.size, log=ctx.log))
+    check_output(ctx, out, "chunkstore get")
+    out.unlink()
+
+    if "restic" in made:
+        target = ctx.work / f"restic-restore.{rep}"
+        env = {**ctx.restic_env, "RESTIC_REPOSITORY": str(made["restic"])}
+        warm([made["restic"]])
+        results["restic get"].append(run_measured(
+            ["restic", "restore", "latest", "--target", target], env=env,
+            nbytes=ctx.size, log=ctx.log))
+        # restic recreates the absolute path of the backed-up file under the target
+        check_output(ctx, target / ctx.input.relative_to(ctx.input.anchor), "restic restore")
+        shutil.rmtree(target)
+
+
+def bench_rss(ctx: Context, size: int) -> dict[str, Any]:
+    """Peak RSS of chunkstore add and get on a large file: memory must not grow with size."""
+    big = ctx.work / "rss-input.bin"
+    print(f"rss: generating {human(size)} (streaming) ...", flush=True)
+    sha = generate_file(big, size, SEED + 1)
+    home = ctx.work / "rss-store"
+    out = ctx.work / "rss-out.bin"
+    try:
+        warm([big])
+        print("rss: chunkstore add ...", flush=True)
+        add = run_measured([*ctx.chunkstore, "add", big, "--name", STORED_NAME, "--home", home,
+                            "--json"], nbytes=size, log=ctx.log)
+        add.stored_bytes = disk_usage(home)
+        print("rss: chunkstore get ...", flush=True)
+        get = run_measured([*ctx.chunkstore, "get", STORED_NAME, "-o", out, "--home", home,
+                            "--json"], nbytes=size, log=ctx.log)
+        if out.stat().st_size != size or file_sha256(out) != sha:
+            raise BenchError(f"chunkstore get of the {human(size)} file restored different bytes")
+    finally:
+        for p in (big, out):
+            p.unlink(missing_ok=True)
+        shutil.rmtree(home, ignore_errors=True)
+    return {"size": size, "goal_mib": RSS_GOAL_MIB, "add": asdict(add) | {"mbps": add.mbps},
+            "get": asdict(get) | {"mbps": get.mbps}}
+
+
+def cli_startup(ctx: Context) -> float:
+    """Best-of-3 wall time of `chunkstore --help`: the fixed cost inside every timing."""
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        subprocess.run([*ctx.chunkstore, "--help"], stdout=subprocess.DEVNULL, check=True)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reporting
+# ---------------------------------------------------------------------------------------------
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*", text, re.IGNORECASE)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 1GiB, 512MiB, 1000000)")
+    number, prefix, suffix = float(m[1]), m[2].lower(), m[3].lower()
+    base = 1024 if suffix.startswith("i") or suffix == "" else 1000
+    size = int(number * base ** " kmgt".index(prefix or " "))
+    if size < 2 * BLOCK:
+        raise argparse.ArgumentTypeError(f"size must be at least {human(2 * BLOCK)}")
+    return size
+
+
+def summarise(results: dict[str, list[Run]]) -> dict[str, dict[str, Any]]:
+    rows: dict[str, dict[str, Any]] = {}
+    for key, runs in results.items():
+        if not runs:
+            continue
+        speeds = [r.mbps for r in runs]
+        stored = [r.stored_bytes for r in runs if r.stored_bytes is not None]
+        rows[key] = {
+            "tool": LABELS[key][0], "operation": LABELS[key][1],
+            "mbps_median": statistics.median(speeds), "mbps_min": min(speeds),
+            "mbps_max": max(speeds),
+            "mbps_synced_median": statistics.median(r.mbps_synced for r in runs),
+            "cpu_s_median": statistics.median(r.user_s + r.sys_s for r in runs),
+            "sys_s_median": statistics.median(r.sys_s for r in runs),
+            "wall_s_median": statistics.median(r.wall_s for r in runs),
+            "peak_rss_mib": max(r.maxrss_kib for r in runs) / KiB,
+            "peak_rss_exact": max(runs, key=lambda r: r.maxrss_kib).maxrss_exact,
+            "peak_anon_mib": max(r.peak_anon_kib for r in runs) / KiB,
+            "peak_file_mib": max(r.peak_file_kib for r in runs) / KiB,
+            "stored_bytes": statistics.median(stored) if stored else None,
+        }
+    return rows
+
+
+def ratios(results: dict[str, list[Run]]) -> list[dict[str, Any]]:
+    """chunkstore vs each reference: ratio of medians, and the range of per-repetition ratios
+    (each repetition ran both tools back to back, so its ratio shares that moment's noise)."""
+    out = []
+    for subject, ref, goal in GOALS:
+        a, b = results.get(subject, []), results.get(ref, [])
+        if not a or not b:
+            continue
+        paired = [x.mbps / y.mbps for x, y in zip(a, b)]
+        ratio = statistics.median(x.mbps for x in a) / statistics.median(y.mbps for y in b)
+        out.append({"subject": LABELS[subject][0], "reference": LABELS[ref][0], "goal": goal,
+                    "ratio": ratio, "paired_min": min(paired), "paired_max": max(paired),
+                    "met": ratio >= goal})
+    return out
+
+
+def table_rows(rows: dict[str, dict[str, Any]], size: int) -> tuple[list[str], list[list[str]]]:
+    header = ["tool", "op", "MB/s median", "MB/s min–max", "MB/s incl. sync", "CPU s",
+              "peak RSS MiB", "stored"]
+    body = []
+    for key in LABELS:
+        if key not in rows:
+            continue
+        r = rows[key]
+        stored = ("" if r["stored_bytes"] is None
+                  else f"{r['stored_bytes'] / size:.1%}")
+        body.append([r["tool"], r["operation"], f"{r['mbps_median']:.0f}",
+                     f"{r['mbps_min']:.0f}–{r['mbps_max']:.0f}", f"{r['mbps_synced_median']:.0f}",
+                     f"{r['cpu_s_median']:.2f}",
+                     f"{'' if r['peak_rss_exact'] else '~'}{r['peak_rss_mib']:.0f}", stored])
+    return header, body
+
+
+def render_text(header: list[str], body: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(header)]
+    numeric = {i for i in range(2, len(header))}
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i in numeric else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, body)])
+
+
+def render_markdown(header: list[str], body: list[list[str]]) -> str:
+    align = ["---", "---"] + ["---:"] * (len(header) - 2)
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in [header, align, *body])
+
+
+def report(data: dict[str, Any]) -> str:
+    size = data["size"]
+    rows = data["summary"]
+    lines = [
+        "",
+        f"chunkstore ingest benchmark: {human(size)} input (half random, half text), "
+        f"{data['repeat']} repetition(s); MB = 10^6 bytes of input per second of wall time",
+        f"  {data['machine']}",
+        f"  chunkstore CLI start-up (included in every chunkstore timing): "
+        f"{data['cli_startup_s'] * 1000:.0f} ms",
+        "",
+    ]
+    header, body = table_rows(rows, size)
+    if body:
+        lines.append(render_text(header, body))
+        lines += ["",
+                  "  MB/s incl. sync counts the `sync` after each command too: chunkstore fsyncs "
+                  "before it returns, zstd and cp do not.",
+                  "  stored = bytes on disk after add / input size. peak RSS includes "
+                  "file-backed mapped pages; ~ = sampled VmHWM",
+                  "  (the tool peaked below this script's own RSS, which Linux folds into "
+                  "ru_maxrss).", ""]
+    lines.append("ratios (chunkstore / reference, median MB/s; per-repetition range in brackets):")
+    for r in data["ratios"]:
+        verdict = "ok" if r["met"] else "MISSED"
+        lines.append(f"  {r['subject'].split()[1]:<3} / {r['reference']:<15} = {r['ratio']:.2f}x "
+                     f"[{r['paired_min']:.2f}–{r['paired_max']:.2f}]  (goal >= {r['goal']:.1f}x)"
+                     f"  {verdict}")
+    rss = data.get("rss")
+    if rss:
+        lines += ["", f"peak RSS on a {human(rss['size'])} file "
+                      f"(goal < {rss['goal_mib']:.0f} MiB):"]
+        for op in ("add", "get"):
+            r = rss[op]
+            peak = r["maxrss_kib"] / KiB
+            verdict = "ok" if peak < rss["goal_mib"] else "MISSED"
+            lines.append(f"  chunkstore {op}: {'' if r['maxrss_exact'] else '~'}{peak:6.1f} MiB"
+                         f"  (sampled peaks: anon "
+                         f"{r['peak_anon_kib'] / KiB:.0f} MiB, file-backed "
+                         f"{r['peak_file_kib'] / KiB:.0f} MiB; {r['mbps']:.0f} MB/s)  {verdict}")
+    if body:
+        lines += ["", "markdown:", "", render_markdown(header, body), ""]
+        md_ratios = [f"| {r['subject']} / {r['reference']} | {r['ratio']:.2f}x | "
+                     f">= {r['goal']:.1f}x | {'ok' if r['met'] else 'missed'} |"
+                     for r in data["ratios"]]
+        if md_ratios:
+            lines += ["| ratio | measured | goal | |", "|---|---:|---:|---|", *md_ratios, ""]
+        if rss:
+            lines += [f"| {human(rss['size'])} file | peak RSS | goal |", "|---|---:|---:|"]
+            lines += [f"| chunkstore {op} | {rss[op]['maxrss_kib'] / KiB:.0f} MiB | "
+                      f"< {rss['goal_mib']:.0f} MiB |" for op in ("add", "get")]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", type=parse_size, default=1 * GiB, help="comparison file size (1GiB)")
+    p.add_argument("--repeat", type=int, default=3, help="repetitions of the comparison (3)")
+    p.add_argument("--workdir", type=Path, help="make the temporary directory inside DIR "
+                   "(same filesystem as the outputs; default: the system temp dir)")
+    p.add_argument("--json", type=Path, metavar="OUT.json", help="also write the data as JSON")
+    p.add_argument("--skip-restic", action="store_true", help="do not compare with restic")
+    rss = p.add_mutually_exclusive_group()
+    rss.add_argument("--rss-size", type=parse_size, default=4 * GiB,
+                     help="file size for the peak-RSS run (4GiB)")
+    rss.add_argument("--no-rss", action="store_true", help="skip the peak-RSS run")
+    args = p.parse_args(argv)
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1")
+    return args
+
+
+def run_benchmark(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    have = ensure_tools(not args.skip_restic)
+    chunkstore = chunkstore_cmd()
+    if subprocess.run([*chunkstore, "--help"], stdout=subprocess.DEVNULL,
+                      stderr=subprocess.DEVNULL).returncode != 0:
+        raise BenchError(f"{shlex.join(chunkstore)} does not run: is the project installed?")
+    ctx = Context(work=work, input=work / "input.bin", size=args.size, sha256="", have=have,
+                  chunkstore=chunkstore, log=work / "commands.log",
+                  restic_env={**os.environ, "RESTIC_PASSWORD": RESTIC_PASSWORD,
+                              "RESTIC_CACHE_DIR": str(work / "restic-cache")})
+
+    print(f"generating {human(args.size)} input in {work} ...", flush=True)
+    start = time.perf_counter()
+    ctx.sha256 = generate_file(ctx.input, args.size)
+    print(f"  done in {time.perf_counter() - start:.1f} s", flush=True)
+
+    results: dict[str, list[Run]] = {key: [] for key in LABELS}
+    for rep in range(args.repeat):
+        print(f"repetition {rep + 1}/{args.repeat} ...", flush=True)
+        made = bench_add(ctx, rep, results)
+        bench_get(ctx, rep, made, results)
+        for path in made.values():  # this repetition's stores: the next one starts fresh
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        line = "  ".join(f"{LABELS[k][0]} {runs[-1].mbps:.0f}" for k, runs in results.items()
+                         if len(runs) == rep + 1)
+        print(f"  MB/s: {line}", flush=True)
+    ctx.input.unlink()
+
+    data: dict[str, Any] = {
+        "size": args.size, "repeat": args.repeat, "seed": SEED,
+        "machine": f"{platform.node()}: {os.cpu_count()} CPUs, {platform.platform()}, "
+                   f"Python {platform.python_version()}",
+        "versions": {
+            "zstd": tool_version(["zstd", "--version"]) if have["zstd"] else None,
+            "restic": tool_version(["restic", "version"]) if have["restic"] else None,
+            "cp": tool_version(["cp", "--version"]),
+        },
+        "cli_startup_s": cli_startup(ctx),
+        "runs": {k: [asdict(r) | {"mbps": r.mbps} for r in v] for k, v in results.items() if v},
+        "summary": summarise(results),
+        "ratios": ratios(results),
+    }
+    if not args.no_rss:
+        data["rss"] = bench_rss(ctx, args.rss_size)
+    return data
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    # SIGTERM / SIGHUP become SystemExit so the `finally` below still removes the workdir.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
+    if args.workdir:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="chunkstore-bench-", dir=args.workdir)).resolve()
+    try:
+        data = run_benchmark(args, work)
+        print(report(data))
+        if args.json:
+            args.json.write_text(json.dumps(data, indent=2) + "\n")
+            print(f"\nwrote {args.json}")
+        return 0
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
