@@ -16,6 +16,8 @@ from chunkstore.objectid import object_id
 
 CODEC_RAW = 0
 CODEC_ZSTD = 1
+RAW_PREFIX = bytes((CODEC_RAW,))
+ZSTD_PREFIX = bytes((CODEC_ZSTD,))
 DEFAULT_LEVEL = 3
 # Compression must save at least this fraction of the raw size, else the chunk is stored raw.
 MIN_SAVING = 0.03
@@ -52,8 +54,8 @@ class ChunkCodec:
         """Stored form of `raw`: zstd when it saves at least MIN_SAVING, else raw."""
         packed = self._compressor().compress(raw)
         if len(packed) <= len(raw) * (1 - MIN_SAVING):
-            return bytes((CODEC_ZSTD,)) + packed
-        return bytes((CODEC_RAW,)) + bytes(raw)
+            return ZSTD_PREFIX + packed
+        return RAW_PREFIX + raw  # one copy, whether raw is bytes or a view
 
     def decode(self, stored: bytes | memoryview) -> bytes | memoryview:
         """Raw bytes of a stored form (not verified: see `decode_verified`)."""

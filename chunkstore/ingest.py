@@ -13,12 +13,12 @@ from chunkstore.codec import DEFAULT_LEVEL, ChunkCodec
 from chunkstore.errors import InputError
 from chunkstore.manifest import ChunkRef, Manifest
 from chunkstore.objectid import object_id
-from chunkstore.pipeline import ordered_map
+from chunkstore.pipeline import BackgroundWriter, ordered_map
 from chunkstore.store import Store, validate_name
 
 # One LMDB transaction per this many stored bytes: big enough to amortise the commit,
 # small enough that a kill loses little work and memory stays flat.
-BATCH_BYTES = 32 * 1024 * 1024
+BATCH_BYTES = 16 * 1024 * 1024
 READ_BUFFER = 1024 * 1024
 
 Progress = Callable[[int], None]
@@ -69,18 +69,9 @@ def add_file(store: Store, path: Path | str, *, name: str | None = None,
         return cid, len(raw), stored
 
     refs: list[ChunkRef] = []
-    new = stored_bytes = 0
     batch: list[tuple[bytes, bytes]] = []
     batch_bytes = 0
-
-    def flush() -> None:
-        nonlocal new, stored_bytes, batch, batch_bytes
-        if batch:
-            n, b = store.put_chunks(batch)
-            new += n
-            stored_bytes += b
-            batch, batch_bytes = [], 0
-
+    writer = BackgroundWriter(store.put_chunks)
     with open_input(path) as f, store.lease():
         try:
             for cid, size, stored in ordered_map(encode, iter_chunks(f, chunker)):
@@ -89,14 +80,20 @@ def add_file(store: Store, path: Path | str, *, name: str | None = None,
                     batch.append((cid, stored))
                     batch_bytes += len(stored)
                     if batch_bytes >= BATCH_BYTES:
-                        flush()
+                        writer.submit(batch)
+                        batch, batch_bytes = [], 0
                 if progress:
                     progress(size)
+            if batch:
+                writer.submit(batch)
         except OSError as e:
             raise InputError(f"error reading {path}: {e.strerror}") from None
-        flush()
+        finally:
+            written = writer.close()
         manifest = Manifest(size=sum(r.size for r in refs), chunker=chunker, chunks=tuple(refs))
         mid = store.put_manifest(manifest, name=name)
+    new = sum(n for n, _ in written)
+    stored_bytes = sum(b for _, b in written)
     store.sync()
     return AddResult(name=name, manifest_id=mid.hex(), size=manifest.size,
                      chunks=len(refs), new_chunks=new, dedup_chunks=len(refs) - new,

@@ -69,14 +69,6 @@ def running_node(home: Path) -> NodeInfo | None:
     return info if _pid_alive(info.pid) else None
 
 
-def parse_address(text: str) -> tuple[str, int]:
-    """HOST:PORT to a pair; raises InputError naming the bad text."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise InputError(f"not a HOST:PORT address: {text!r}")
-    return host.strip("[]"), int(port)
-
-
 class Node:
     """Runs the DHT node, the transfer server and the announce loop for one store."""
 

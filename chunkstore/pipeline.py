@@ -41,3 +41,37 @@ def ordered_map(fn: Callable[[A], R], items: Iterable[A], *, workers: int | None
         finally:
             for f in pending:
                 f.cancel()
+
+
+class BackgroundWriter:
+    """Runs `write(batch)` for each submitted batch on one thread of its own, in order.
+
+    Lets LMDB commits (disk writes) overlap the chunking and compressing that feed them. At
+    most `depth` batches wait, which bounds memory; `submit` blocks when they do. The first
+    error from `write` is raised by the next `submit` or by `close`.
+    """
+
+    def __init__(self, write: Callable[[A], R], depth: int = 2) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="chunkstore-writer")
+        self._write = write
+        self._depth = depth
+        self._pending: deque[Future[R]] = deque()
+        self.results: list[R] = []
+
+    def _reap(self, keep: int) -> None:
+        while len(self._pending) > keep:
+            self.results.append(self._pending.popleft().result())
+
+    def submit(self, batch: A) -> None:
+        self._reap(self._depth - 1)
+        self._pending.append(self._pool.submit(self._write, batch))
+
+    def close(self) -> list[R]:
+        """Wait for every batch; returns the results of `write`, in order."""
+        try:
+            self._reap(0)
+        finally:
+            for f in self._pending:
+                f.cancel()
+            self._pool.shutdown(wait=True)
+        return self.results

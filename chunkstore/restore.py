@@ -15,6 +15,8 @@ from chunkstore.pipeline import ordered_map
 from chunkstore.store import Store
 
 Progress = Callable[[int], None]
+# Bytes restored between two releases of the store pages this process has mapped.
+RELEASE_EVERY = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,13 @@ def write_manifest(store: Store, manifest: Manifest, out: BinaryIO,
             raise NotFound(f"chunk {chunk_id.hex()} is missing from the store")
         return codec.decode_verified(chunk_id, stored)
 
+    since_release = 0
     for raw in ordered_map(load, (r.chunk_id for r in manifest.chunks)):
         out.write(raw)
+        since_release += len(raw)
+        if since_release >= RELEASE_EVERY:
+            store.release_pages()
+            since_release = 0
         if progress:
             progress(len(raw))
 

@@ -28,6 +28,7 @@ import lmdb
 from chunkstore.errors import ChunkstoreError, InputError, NotFound, StoreFull
 from chunkstore.manifest import Manifest
 from chunkstore.objectid import looks_like_id
+from chunkstore.tuning import release_file_pages
 
 # The map is virtual address space, not disk: Linux files stay sparse. Start large so growth
 # (which needs every transaction of this process closed) is rare, and double when full.
@@ -87,8 +88,10 @@ class Store:
         path = self.home / "store"
         try:
             path.mkdir(parents=True, exist_ok=True)
+            # readahead=False: lookups touch a few pages each; the kernel's readahead would
+            # map 64 KiB around every one (more I/O, and RSS that grows with the store).
             self.env = lmdb.open(str(path), map_size=INITIAL_MAP_SIZE, max_dbs=8, sync=False,
-                                 max_readers=256)
+                                 max_readers=256, readahead=False)
         except (OSError, lmdb.Error) as e:
             raise InputError(f"cannot open the store at {path}: {e}") from None
         self._chunks = self.env.open_db(b"chunks")
@@ -107,6 +110,12 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def release_pages(self) -> None:
+        """Let go of the store pages this process has read (they stay in the page cache).
+
+        Called every few dozen MiB by long reads so a reader's RSS stays bounded."""
+        release_file_pages(str(self.home / "store" / "data.mdb"))
 
     def sync(self) -> None:
         """Flush to disk: call before telling a user their data is safe."""

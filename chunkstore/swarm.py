@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import signal
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,11 +17,10 @@ from typing import BinaryIO
 from chunkstore.dht import DhtNode
 from chunkstore.directory import DhtDirectory, Directory, NodeApiDirectory
 from chunkstore.download import FetchResult, Progress, fetch_file, write_fetched
-from chunkstore.errors import InputError, NotFound
+from chunkstore.errors import InputError
 from chunkstore.node import Node, NodeInfo, running_node
 from chunkstore.objectid import parse_id
 from chunkstore.providers import Holder
-from chunkstore.restore import restore_file
 from chunkstore.store import Store
 from chunkstore.transfer import TransferClient
 
@@ -76,37 +74,6 @@ async def fetch(store: Store, name_or_id: str, output: Path | BinaryIO | None, *
     output.flush()
     result.output = "-"
     return result
-
-
-def complete_locally(store: Store, name_or_id: str) -> bool:
-    """True when the store has the file's manifest and every one of its chunks."""
-    try:
-        _, manifest = store.resolve(name_or_id)
-    except NotFound:
-        return False
-    return not store.missing_chunks(r.chunk_id for r in manifest.chunks)
-
-
-async def get(store: Store, name_or_id: str, output: Path | BinaryIO, *,
-              bootstrap: list[tuple[str, int]] | None = None, force: bool = False,
-              progress: Progress | None = None,
-              on_total: Callable[[int], None] | None = None) -> FetchResult:
-    """`chunkstore get`: from the local store when the file is complete there, else from
-    the swarm (through the running node, or a short-lived one joined via `bootstrap`)."""
-    if complete_locally(store, name_or_id):
-        started = time.monotonic()
-        mid, manifest = store.resolve(name_or_id)
-        if on_total:
-            on_total(manifest.size)
-        restored = restore_file(store, name_or_id, output, force=force, progress=progress)
-        return FetchResult(name=name_or_id if store.lookup_name(name_or_id) else "",
-                           manifest_id=mid.hex(), size=manifest.size,
-                           chunks=len(manifest.chunks), chunks_fetched=0,
-                           chunks_reused=len({r.chunk_id for r in manifest.chunks}),
-                           bytes_fetched=0, seconds=time.monotonic() - started,
-                           output=restored.output)
-    return await fetch(store, name_or_id, output, bootstrap=bootstrap, force=force,
-                       progress=progress, on_total=on_total)
 
 
 async def providers(home: Path, object_id: str,

@@ -1,23 +1,25 @@
-"""`chunkstore` commands. Each one parses its arguments, calls the library, renders."""
+"""`chunkstore` commands. Each one parses its arguments, calls the library, renders.
+
+The network stack (aiohttp, kademlia) is imported inside the commands that use it: it costs
+~0.3 s at start-up, which a local add or get of a small file should not pay."""
 
 from __future__ import annotations
 
-import asyncio
+import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from chunkstore import swarm
+from chunkstore import getfile
+from chunkstore.addresses import parse_address
 from chunkstore.chunking import FASTCDC, FIXED, ChunkerParams
 from chunkstore.codec import DEFAULT_LEVEL
 from chunkstore.ingest import add_file
-from chunkstore.demo import run_demo
 from chunkstore.inventory import file_info, list_files
-from chunkstore.node import parse_address
 from chunkstore.output import safe_output_name
-from chunkstore.restore import restore_file
 from chunkstore.store import Store, default_home
 from chunkstore.tuning import tune_allocator
 from chunkstore.units import parse_rate, parse_size
@@ -78,8 +80,8 @@ def get(name_or_id: Annotated[str, typer.Argument(help="File name or manifest id
             target = Path(output) if output else Path(safe_output_name(name_or_id))
         with open_store(home) as store, \
                 progress_bar("get", None, not json and output != "-") as bar:
-            result = asyncio.run(swarm.get(store, name_or_id, target, bootstrap=peers,
-                                           force=force, progress=bar, on_total=bar and bar.total))
+            result = getfile.get(store, name_or_id, target, bootstrap=peers, force=force,
+                                 progress=bar, on_total=bar and bar.total)
         if output != "-":
             emit(result, json, lambda r: [
                 f"wrote {r.output} ({human_bytes(r.size)}, {r.chunks} chunks)",
@@ -158,9 +160,9 @@ def serve(host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.
               help="Cap on upload bytes/s, e.g. 25MB (default: none).")] = None,
           home: HomeOpt = None) -> None:
     """Run a node until Ctrl-C: join the DHT, serve chunks, announce what the store holds."""
-    import logging
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("rpcudp").setLevel(logging.CRITICAL)  # logs every peer timeout
+    import asyncio
+
+    from chunkstore import swarm
     with errors_as_messages():
         peers = [parse_address(a) for a in bootstrap or []]
         rate = parse_rate(upload_rate) if upload_rate else None
@@ -182,6 +184,9 @@ def providers(object_id: Annotated[str, typer.Argument(help="Chunk or manifest i
               bootstrap: BootstrapOpt = None, home: HomeOpt = None,
               json: JsonOpt = False) -> None:
     """List the peers the DHT knows as holders of a chunk or manifest."""
+    import asyncio
+
+    from chunkstore import swarm
     with errors_as_messages():
         peers = [parse_address(a) for a in bootstrap or []]
         holders = asyncio.run(swarm.providers(Path(home) if home else default_home(),
@@ -193,6 +198,9 @@ def providers(object_id: Annotated[str, typer.Argument(help="Chunk or manifest i
 @app.command()
 def peers(home: HomeOpt = None, json: JsonOpt = False) -> None:
     """List the DHT contacts of the node serving this home."""
+    import asyncio
+
+    from chunkstore import swarm
     with errors_as_messages():
         contacts = asyncio.run(swarm.peers(Path(home) if home else default_home()))
         emit(contacts, json, lambda cs: [f"{c['host']}:{c['port']}  {c['node_id']}"
@@ -206,6 +214,7 @@ def demo(nodes: Annotated[int, typer.Option(min=3, max=32, help="Local nodes to 
              help="Upload cap per node, standing in for a peer's uplink (0: none).")] = "20MB",
          json: JsonOpt = False) -> None:
     """Start a local swarm, fetch a file from one holder and one from several, print speeds."""
+    from chunkstore.demo import run_demo
     with errors_as_messages():
         nbytes = parse_size(size)
         rate_text = None if parse_rate(upload_rate) is None else upload_rate
@@ -227,6 +236,21 @@ def demo(nodes: Annotated[int, typer.Option(min=3, max=32, help="Local nodes to 
             raise typer.Exit(1)
 
 
+def configure_logging() -> None:
+    """Warnings of our own on stderr; the DHT libraries' per-peer chatter only on request.
+
+    rpcudp logs every unanswered datagram and kademlia every evicted contact: routine in a
+    swarm where peers come and go, and noise in front of a user. CHUNKSTORE_LOG=debug shows
+    everything."""
+    level = os.environ.get("CHUNKSTORE_LOG", "").upper()
+    logging.basicConfig(level=getattr(logging, level, logging.WARNING),
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not level:
+        logging.getLogger("rpcudp").setLevel(logging.CRITICAL)
+        logging.getLogger("kademlia").setLevel(logging.ERROR)
+
+
 def main() -> None:
+    configure_logging()
     tune_allocator()
     app()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -56,6 +57,12 @@ def errors_as_messages() -> Iterator[None]:
     except OSError as e:
         where = f": {e.filename}" if e.filename else ""
         raise fail(f"{e.strerror or e}{where}") from None
+    except (typer.Exit, typer.Abort, SystemExit):
+        raise
+    except Exception as e:  # a bug: still one line for the user, details on request
+        logging.getLogger("chunkstore").debug("internal error", exc_info=True)
+        raise fail(f"internal error: {type(e).__name__}: {e} "
+                   "(CHUNKSTORE_LOG=debug shows details)") from None
 
 
 class ProgressSink:

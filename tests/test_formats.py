@@ -82,3 +82,14 @@ def test_manifest_id_is_stable_across_versions_of_this_code() -> None:
 
 
 PINNED_ID = "30d3080726886bed2c4485612ced8d54f7fcfc67e73dd9a570c2a17cc2fd8f6e"
+
+
+def test_block_chunker_matches_pyfastcdc_stream_chunker() -> None:
+    from pyfastcdc.cy import FastCDC
+    data = os.urandom(3 * MIB) + b"abc" * (3 * MIB) + os.urandom(9 * MIB + 5)
+    params = ChunkerParams()
+    ours = [bytes(c) for c in iter_chunks(io.BytesIO(data), params)]
+    reference = [bytes(c.data) for c in FastCDC(params.avg_size, min_size=params.min_size,
+                                                 max_size=params.max_size)
+                 .cut_stream(io.BytesIO(data))]
+    assert ours == reference

@@ -115,7 +115,7 @@ def test_short_lived_node_with_bootstrap_and_unknown_name(tmp_path: Path) -> Non
         assert proc.returncode != 0 and time.monotonic() - started < 20
         assert "no-such-file" in one_line_error(proc.stderr.decode())
         proc = run_cli("get", "doc.bin", "-o", str(tmp_path / "y"), home=tmp_path / "lonely")
-        assert "--bootstrap" in one_line_error(proc.stderr.decode())
+        assert "--bootstrap" in one_line_error(proc.stderr.decode())  # names the way out
         proc = run_cli("get", "../escape", home=swarm.nodes[2].home)
         assert "output file name" in one_line_error(proc.stderr.decode())
 

@@ -1,0 +1,65 @@
+"""`get`: a file from the local store when it is complete there, else from the swarm.
+
+The network stack is imported only when the network is needed, so a local get starts fast.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+
+from chunkstore.errors import NotFound
+from chunkstore.restore import restore_file
+from chunkstore.store import Store
+
+if TYPE_CHECKING:
+    from chunkstore.download import FetchResult
+
+Progress = Callable[[int], None]
+
+
+def complete_locally(store: Store, name_or_id: str) -> bool:
+    """True when the store has the file's manifest and every one of its chunks."""
+    try:
+        _, manifest = store.resolve(name_or_id)
+    except NotFound:
+        return False
+    return not store.missing_chunks(r.chunk_id for r in manifest.chunks)
+
+
+def get(store: Store, name_or_id: str, output: Path | BinaryIO, *,
+        bootstrap: list[tuple[str, int]] | None = None, force: bool = False,
+        progress: Progress | None = None,
+        on_total: Callable[[int], None] | None = None) -> "FetchResult":
+    """`chunkstore get`: from the local store when the file is complete there, else from
+    the swarm (through the running node, or a short-lived one joined via `bootstrap`)."""
+    import asyncio
+
+    from chunkstore.download import FetchResult
+    from chunkstore.node import running_node
+    from chunkstore.swarm import fetch
+
+    if complete_locally(store, name_or_id):
+        started = time.monotonic()
+        mid, manifest = store.resolve(name_or_id)
+        if on_total:
+            on_total(manifest.size)
+        restored = restore_file(store, name_or_id, output, force=force, progress=progress)
+        return FetchResult(name=name_or_id if store.lookup_name(name_or_id) else "",
+                           manifest_id=mid.hex(), size=manifest.size,
+                           chunks=len(manifest.chunks), chunks_fetched=0,
+                           chunks_reused=len({r.chunk_id for r in manifest.chunks}),
+                           bytes_fetched=0, seconds=time.monotonic() - started,
+                           output=restored.output)
+    if not bootstrap and running_node(store.home) is None:
+        try:
+            store.resolve(name_or_id)
+            state = "is incomplete in the local store"
+        except NotFound:
+            state = "is not in the local store"
+        raise NotFound(f"{name_or_id!r} {state} and no node serves {store.home} to fetch it: "
+                       "run `chunkstore serve` or pass --bootstrap HOST:PORT")
+    return asyncio.run(fetch(store, name_or_id, output, bootstrap=bootstrap, force=force,
+                             progress=progress, on_total=on_total))
