@@ -18,7 +18,7 @@ from chunkstore.store import Store, validate_name
 
 # One LMDB transaction per this many stored bytes: big enough to amortise the commit,
 # small enough that a kill loses little work and memory stays flat.
-BATCH_BYTES = 16 * 1024 * 1024
+BATCH_BYTES = 8 * 1024 * 1024
 READ_BUFFER = 1024 * 1024
 
 Progress = Callable[[int], None]
@@ -71,7 +71,13 @@ def add_file(store: Store, path: Path | str, *, name: str | None = None,
     refs: list[ChunkRef] = []
     batch: list[tuple[bytes, bytes]] = []
     batch_bytes = 0
-    writer = BackgroundWriter(store.put_chunks)
+    def write(items: list[tuple[bytes, bytes]]) -> tuple[int, int]:
+        result = store.put_chunks(items)
+        store.release_pages()  # the B-tree pages the commit touched: keep RSS flat
+        return result
+
+    # One batch committing while the next fills: memory stays at about two batches.
+    writer = BackgroundWriter(write, depth=1)
     with open_input(path) as f, store.lease():
         try:
             for cid, size, stored in ordered_map(encode, iter_chunks(f, chunker)):

@@ -27,8 +27,8 @@ def safe_output_name(name: str) -> str:
 def atomic_output(path: Path, *, force: bool = False) -> Iterator[BinaryIO]:
     """A file to write that appears at `path` only if the block completes.
 
-    The data goes to a temporary file in the same directory, is flushed to disk, and is then
-    renamed over `path`; on any error the temporary file is removed."""
+    The data goes to a temporary file in the same directory that is renamed over `path`
+    once the block completes; on any error the temporary file is removed."""
     if path.exists() and not force:
         raise InputError(f"{path} already exists (use --force to overwrite)")
     if path.is_dir():
@@ -41,8 +41,9 @@ def atomic_output(path: Path, *, force: bool = False) -> Iterator[BinaryIO]:
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
-            f.flush()
-            os.fsync(f.fileno())
+        # No fsync, like cp, zstd and rsync: the data is safe in the store (which is synced)
+        # and a get can always write the file again; an fsync would make every get wait
+        # for the disk (for 1 GiB, longer than the whole restore takes).
         os.replace(tmp, path)
     except BaseException:
         try:

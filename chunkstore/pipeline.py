@@ -63,7 +63,7 @@ class BackgroundWriter:
             self.results.append(self._pending.popleft().result())
 
     def submit(self, batch: A) -> None:
-        self._reap(self._depth - 1)
+        self._reap(self._depth - 1)  # block while `depth` batches are still pending
         self._pending.append(self._pool.submit(self._write, batch))
 
     def close(self) -> list[R]:

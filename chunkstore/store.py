@@ -2,6 +2,10 @@
 
 Named databases:
   chunks     chunk id -> stored form (codec byte + payload)
+  chunk_index chunk id -> stored length (u32 LE), written in the same transaction as the chunk:
+             existence and size checks read this small table, because py-lmdb pre-faults
+             every page of each value it returns (even for a key-only cursor), so asking
+             `chunks` whether a 1 MiB chunk exists would read a MiB
   manifests  manifest id -> manifest bytes
   names      name (utf-8) -> manifest id
   pins       manifest id -> b"" : kept by gc even with no name (e.g. fetched by id)
@@ -17,6 +21,7 @@ consistency; `sync()` is called before success is reported.
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,6 +44,7 @@ KIND_CHUNK = b"c"
 KIND_MANIFEST = b"m"
 MAX_NAME_BYTES = 255
 T = TypeVar("T")
+_LENGTH = struct.Struct("<I")
 
 
 def default_home() -> Path:
@@ -90,11 +96,12 @@ class Store:
             path.mkdir(parents=True, exist_ok=True)
             # readahead=False: lookups touch a few pages each; the kernel's readahead would
             # map 64 KiB around every one (more I/O, and RSS that grows with the store).
-            self.env = lmdb.open(str(path), map_size=INITIAL_MAP_SIZE, max_dbs=8, sync=False,
+            self.env = lmdb.open(str(path), map_size=INITIAL_MAP_SIZE, max_dbs=12, sync=False,
                                  max_readers=256, readahead=False)
         except (OSError, lmdb.Error) as e:
             raise InputError(f"cannot open the store at {path}: {e}") from None
         self._chunks = self.env.open_db(b"chunks")
+        self._index = self.env.open_db(b"chunk_index")
         self._manifests = self.env.open_db(b"manifests")
         self._names = self.env.open_db(b"names")
         self._pins = self.env.open_db(b"pins")
@@ -158,12 +165,14 @@ class Store:
 
     # -- chunks -----------------------------------------------------------------------------
     def has_chunk(self, chunk_id: bytes) -> bool:
+        # A cursor positioned on the key does not read the value: txn.get would copy (and
+        # page in) a whole MiB to answer yes or no.
         with self._read() as txn:
-            return txn.get(chunk_id, db=self._chunks) is not None
+            return txn.get(chunk_id, db=self._index) is not None
 
     def missing_chunks(self, chunk_ids: Iterable[bytes]) -> set[bytes]:
         with self._read() as txn:
-            return {c for c in chunk_ids if txn.get(c, db=self._chunks) is None}
+            return {c for c in chunk_ids if txn.get(c, db=self._index) is None}
 
     def get_stored(self, chunk_id: bytes) -> bytes | None:
         """The stored form of a chunk (codec byte + payload), or None."""
@@ -179,6 +188,7 @@ class Store:
             new = new_bytes = 0
             for cid, stored in items:
                 if txn.put(cid, stored, db=self._chunks, overwrite=False):
+                    txn.put(cid, _LENGTH.pack(len(stored)), db=self._index)
                     new += 1
                     new_bytes += len(stored)
                     txn.put(cid, KIND_CHUNK, db=self._announce)
@@ -187,7 +197,8 @@ class Store:
 
     def stored_size(self, chunk_ids: Iterable[bytes]) -> int:
         with self._read() as txn:
-            return sum(len(txn.get(c, b"", db=self._chunks)) for c in set(chunk_ids))
+            lengths = (txn.get(c, db=self._index) for c in set(chunk_ids))
+            return sum(_LENGTH.unpack(n)[0] for n in lengths if n is not None)
 
     def iter_chunks(self) -> Iterator[tuple[bytes, bytes]]:
         """Every (chunk id, stored form), read in small snapshots so memory stays flat."""
@@ -209,7 +220,11 @@ class Store:
 
     def delete_chunks(self, chunk_ids: Iterable[bytes]) -> None:
         ids = list(chunk_ids)
-        self._transact(lambda txn: [txn.delete(c, db=self._chunks) for c in ids])
+        def body(txn: lmdb.Transaction) -> None:
+            for cid in ids:
+                txn.delete(cid, db=self._chunks)
+                txn.delete(cid, db=self._index)
+        self._transact(body)
 
     # -- manifests and names ----------------------------------------------------------------
     def put_manifest(self, manifest: Manifest, name: str | None = None, pin: bool = False) -> bytes:
@@ -319,10 +334,11 @@ class Store:
             referenced: set[bytes] = set()
             for mid, data in txn.cursor(db=self._manifests):
                 referenced.update(r.chunk_id for r in Manifest.from_bytes(bytes(data)).chunks)
-            doomed = [(bytes(k), len(v)) for k, v in txn.cursor(db=self._chunks)
+            doomed = [(bytes(k), _LENGTH.unpack(v)[0]) for k, v in txn.cursor(db=self._index)
                       if bytes(k) not in referenced]
             for cid, _ in doomed:
                 txn.delete(cid, db=self._chunks)
+                txn.delete(cid, db=self._index)
                 txn.delete(cid, db=self._announce)
             return GcResult(len(doomed), sum(n for _, n in doomed))
         result = self._transact(body)
@@ -332,9 +348,9 @@ class Store:
     def stats(self) -> StoreStats:
         with self.env.begin(buffers=True) as txn:
             chunks = stored = 0
-            for _, v in txn.cursor(db=self._chunks):
+            for _, v in txn.cursor(db=self._index):
                 chunks += 1
-                stored += len(v)
+                stored += _LENGTH.unpack(v)[0]
             return StoreStats(chunks, stored, txn.stat(self._manifests)["entries"],
                               txn.stat(self._names)["entries"])
 

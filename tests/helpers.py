@@ -51,3 +51,10 @@ def run_cli(*args: str, home: Path | None = None, input: bytes | None = None,
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} failed ({proc.returncode}): {proc.stderr.decode()}")
     return proc
+
+
+def corrupt_stored_chunk(store, chunk_id: bytes) -> None:
+    """Flip one byte of a chunk's stored form in place, as disk rot would."""
+    stored = bytearray(store.get_stored(chunk_id))
+    stored[len(stored) // 2] ^= 0x55
+    store._transact(lambda txn: txn.put(chunk_id, bytes(stored), db=store._chunks))

@@ -14,7 +14,7 @@ import pytest
 
 from chunkstore.store import Store
 from chunkstore.verify import verify_store
-from tests.helpers import MIB, file_hash, run_cli, write_file
+from tests.helpers import MIB, corrupt_stored_chunk, file_hash, run_cli, write_file
 
 
 def assert_clean_error(proc: subprocess.CompletedProcess, *words: str) -> None:
@@ -107,9 +107,7 @@ def test_corrupt_chunk_reported_by_get_and_verify(home: Path, tmp_path: Path) ->
     with Store(home) as store:
         _, manifest = store.resolve("f")
         bad = manifest.chunks[1].chunk_id
-        stored = bytearray(store.get_stored(bad))
-        stored[100] ^= 1
-        store._transact(lambda txn: txn.put(bad, bytes(stored), db=store._chunks))
+        corrupt_stored_chunk(store, bad)
     out = tmp_path / "out"
     assert_clean_error(run_cli("get", "f", "-o", str(out), home=home), bad.hex())
     assert not out.exists() and not list(tmp_path.glob(".out*"))

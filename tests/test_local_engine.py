@@ -13,7 +13,7 @@ from chunkstore.ingest import add_file
 from chunkstore.restore import restore_file
 from chunkstore.store import Store
 from chunkstore.verify import verify_store
-from tests.helpers import MIB, file_hash, write_file
+from tests.helpers import MIB, corrupt_stored_chunk, file_hash, write_file
 
 
 @pytest.fixture
@@ -103,18 +103,12 @@ def test_existing_output_refused_unless_forced(store: Store, tmp_path: Path) -> 
     assert out.read_bytes() == src.read_bytes()
 
 
-def corrupt_one_chunk(store: Store, chunk_id: bytes) -> None:
-    stored = bytearray(store.get_stored(chunk_id))
-    stored[len(stored) // 2] ^= 0x55
-    store._transact(lambda txn: txn.put(chunk_id, bytes(stored), db=store._chunks))
-
-
 def test_corrupt_chunk_fails_get_without_partial_output(store: Store, tmp_path: Path) -> None:
     src = write_file(tmp_path / "c", 6 * MIB)
     result = add_file(store, src, chunker=ChunkerParams.fixed(MIB))
     _, manifest = store.resolve("c")
     bad = manifest.chunks[3].chunk_id
-    corrupt_one_chunk(store, bad)
+    corrupt_stored_chunk(store, bad)
     with pytest.raises(CorruptChunk, match=bad.hex()):
         restore_file(store, result.name, tmp_path / "out")
     assert list(tmp_path.glob("*out*")) == []  # nothing under the final name, no temp left

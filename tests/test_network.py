@@ -17,7 +17,7 @@ from kademlia.network import Server
 from chunkstore.ingest import add_file
 from chunkstore.localswarm import LocalSwarm, node_stats, providers_of, wait_for_providers
 from chunkstore.store import Store
-from tests.helpers import MIB, file_hash, run_cli, write_file
+from tests.helpers import MIB, corrupt_stored_chunk, file_hash, run_cli, write_file
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -142,9 +142,7 @@ def corrupt_all_chunks(home: Path) -> None:
     with Store(home) as store:
         ids = [cid for cid, _ in store.iter_chunks()]
         for cid in ids:
-            stored = bytearray(store.get_stored(cid))
-            stored[-1] ^= 0xFF
-            store._transact(lambda txn, c=cid, s=bytes(stored): txn.put(c, s, db=store._chunks))
+            corrupt_stored_chunk(store, cid)
 
 
 def test_lying_peer_is_detected_and_avoided(tmp_path: Path) -> None:
