@@ -21,6 +21,7 @@ from chunkstore.errors import CorruptChunk, MissingChunks, NetworkError, NotFoun
 from chunkstore.manifest import Manifest
 from chunkstore.objectid import looks_like_id
 from chunkstore.output import atomic_output
+from chunkstore.pipeline import BackgroundWriter
 from chunkstore.providers import Holder
 from chunkstore.restore import write_manifest
 from chunkstore.scheduler import DownloadScheduler, FailureKind, Request
@@ -117,6 +118,9 @@ class _ChunkFetch:
         # a user waiting on a get wants "missing" in seconds, not minutes.
         self.scheduler = DownloadScheduler(self.sizes, down_backoff=2.0, down_retries=2)
         self.pending: list[tuple[bytes, bytes]] = []
+        # LMDB commits on a thread of their own: a commit blocks for tens of ms, which on
+        # the event loop would stall every transfer in flight.
+        self.writer = BackgroundWriter(store.put_chunks, depth=1)
         self.pending_bytes = 0
         self.last_flush = time.monotonic()
         self.fetched_bytes = 0
@@ -131,7 +135,7 @@ class _ChunkFetch:
 
     def flush(self) -> None:
         if self.pending:
-            self.store.put_chunks(self.pending)
+            self.writer.submit(self.pending)
             self.pending, self.pending_bytes = [], 0
         self.last_flush = time.monotonic()
 
@@ -253,6 +257,7 @@ class _ChunkFetch:
             if lookups is not None:
                 lookups.cancel()
             self.flush()
+            self.writer.close()  # every verified chunk is in the store before we go on
         if not sched.done:
             raise MissingChunks(len(sched.unfetchable()) or sched.remaining, len(self.units)
                                 + len(self.present))

@@ -19,7 +19,7 @@ from aiohttp import web
 from chunkstore.dht import DhtNode, dht_key, load_contacts
 from chunkstore.errors import ChunkstoreError, InputError
 from chunkstore.objectid import looks_like_id
-from chunkstore.store import KIND_MANIFEST, Store
+from chunkstore.store import KIND_MANIFEST, Store, pid_alive
 from chunkstore.transfer import TransferServer
 
 log = logging.getLogger(__name__)
@@ -49,16 +49,6 @@ class NodeInfo:
         return f"{host}:{self.dht_port}"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def running_node(home: Path) -> NodeInfo | None:
     """The node serving `home`, if one runs (a stale node.json is ignored)."""
     try:
@@ -66,7 +56,7 @@ def running_node(home: Path) -> NodeInfo | None:
         info = NodeInfo(**data)
     except (OSError, ValueError, TypeError):
         return None
-    return info if _pid_alive(info.pid) else None
+    return info if pid_alive(info.pid) else None
 
 
 class Node:
@@ -125,7 +115,8 @@ class Node:
             await self._api_runner.cleanup()
         await self.transfer.stop()
         await self.dht.stop()
-        if running_node(self.home) is not None and running_node(self.home).pid == os.getpid():
+        info = running_node(self.home)
+        if info is not None and info.pid == os.getpid():
             (self.home / NODE_FILE).unlink(missing_ok=True)
 
     # -- announcing -------------------------------------------------------------------------

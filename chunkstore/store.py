@@ -75,7 +75,8 @@ class GcResult:
     bytes_freed: int
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True when a process with this id exists (on this machine)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -326,7 +327,7 @@ class Store:
         def body(txn: lmdb.Transaction) -> GcResult:
             for key, _ in list(txn.cursor(db=self._leases)):
                 pid = int(bytes(key))
-                if pid != os.getpid() and _pid_alive(pid):
+                if pid != os.getpid() and pid_alive(pid):
                     raise ChunkstoreError(f"process {pid} is adding to this store; "
                                           "run gc when it has finished")
                 txn.delete(bytes(key), db=self._leases)  # left by a killed process
