@@ -51,7 +51,8 @@ class NodeApiDirectory:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout, trust_env=False)
+            self._session = aiohttp.ClientSession(timeout=self._timeout, trust_env=False,
+                                                  connector=aiohttp.TCPConnector(ssl=False))
         return self._session
 
     async def get_json(self, path: str) -> object | None:
