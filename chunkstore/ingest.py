@@ -18,8 +18,9 @@ from chunkstore.store import Store, validate_name
 
 # One LMDB transaction per this many stored bytes: big enough to amortise the commit,
 # small enough that a kill loses little work and memory stays flat.
-BATCH_BYTES = 8 * 1024 * 1024
-READ_BUFFER = 1024 * 1024
+BATCH_BYTES = 4 * 1024 * 1024
+# Input bytes between two releases of the store pages this process has mapped.
+RELEASE_EVERY = 4 * 1024 * 1024
 
 Progress = Callable[[int], None]
 
@@ -78,6 +79,7 @@ def add_file(store: Store, path: Path | str, *, name: str | None = None,
 
     # One batch committing while the next fills: memory stays at about two batches.
     writer = BackgroundWriter(write, depth=1)
+    since_release = 0
     with open_input(path) as f, store.lease():
         try:
             for cid, size, stored in ordered_map(encode, iter_chunks(f, chunker)):
@@ -88,6 +90,10 @@ def add_file(store: Store, path: Path | str, *, name: str | None = None,
                     if batch_bytes >= BATCH_BYTES:
                         writer.submit(batch)
                         batch, batch_bytes = [], 0
+                since_release += size
+                if since_release >= RELEASE_EVERY:
+                    store.release_pages()  # store pages mapped by lookups: keep RSS flat
+                    since_release = 0
                 if progress:
                     progress(size)
             if batch:

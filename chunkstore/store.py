@@ -33,7 +33,7 @@ import lmdb
 from chunkstore.errors import ChunkstoreError, InputError, NotFound, StoreFull
 from chunkstore.manifest import Manifest
 from chunkstore.objectid import looks_like_id
-from chunkstore.tuning import release_file_pages
+from chunkstore.tuning import MappedFile
 
 # The map is virtual address space, not disk: Linux files stay sparse. Start large so growth
 # (which needs every transaction of this process closed) is rare, and double when full.
@@ -101,6 +101,7 @@ class Store:
                                  max_readers=256, readahead=False)
         except (OSError, lmdb.Error) as e:
             raise InputError(f"cannot open the store at {path}: {e}") from None
+        self._mapped = MappedFile(str(path / "data.mdb"))
         self._chunks = self.env.open_db(b"chunks")
         self._index = self.env.open_db(b"chunk_index")
         self._manifests = self.env.open_db(b"manifests")
@@ -123,7 +124,7 @@ class Store:
         """Let go of the store pages this process has read (they stay in the page cache).
 
         Called every few dozen MiB by long reads so a reader's RSS stays bounded."""
-        release_file_pages(str(self.home / "store" / "data.mdb"))
+        self._mapped.release()
 
     def sync(self) -> None:
         """Flush to disk: call before telling a user their data is safe."""
@@ -140,8 +141,10 @@ class Store:
                     return body(txn)
             except lmdb.MapFullError:
                 self.env.set_mapsize(self.env.info()["map_size"] * 2)
+                self._mapped.forget()
             except lmdb.MapResizedError:
                 self.env.set_mapsize(0)  # another process grew the map: adopt its size
+                self._mapped.forget()
             except lmdb.Error as e:
                 # LMDB reports a short write on a full disk as EIO: check the disk itself.
                 if "No space left" in str(e) or self._disk_nearly_full():

@@ -28,7 +28,7 @@ def tune_allocator() -> None:
     try:
         libc = ctypes.CDLL(name)
         libc.mallopt(M_MMAP_THRESHOLD, 16 * 1024 * 1024)
-        libc.mallopt(M_TRIM_THRESHOLD, 32 * 1024 * 1024)
+        libc.mallopt(M_TRIM_THRESHOLD, 16 * 1024 * 1024)
         libc.mallopt(M_ARENA_MAX, 2)
     except (OSError, AttributeError):
         pass
@@ -37,19 +37,34 @@ def tune_allocator() -> None:
 MADV_DONTNEED = 4
 
 
-def release_file_pages(path: str) -> None:
-    """Drop this process's mappings of `path`'s pages from its resident set (Linux).
+class MappedFile:
+    """Drops this process's mappings of a file's pages from its resident set (Linux).
 
     LMDB reads through a shared map of its data file, so reading a 4 GiB file back makes
     4 GiB of page cache count in the reader's RSS. The pages stay in the page cache; the
     next access maps them again. The map is read-only here (LMDB writes with pwrite unless
-    writemap is on), so dropping its pages loses nothing.
+    writemap is on), so dropping its pages loses nothing. The map's address range is looked
+    up once and again only after `forget()` (LMDB maps anew when it grows its map).
     """
-    name = ctypes.util.find_library("c")
-    if not name:
-        return
-    try:
-        st = os.stat(path)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._ranges: list[tuple[int, int]] | None = None
+        name = ctypes.util.find_library("c")
+        self._madvise = None
+        if name:
+            try:
+                libc = ctypes.CDLL(name, use_errno=True)
+                libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+                self._madvise = libc.madvise
+            except (OSError, AttributeError):
+                pass
+
+    def forget(self) -> None:
+        self._ranges = None
+
+    def _find_ranges(self) -> list[tuple[int, int]]:
+        st = os.stat(self.path)
         # Match by device and inode: the map may name the file by another path (symlinks).
         wanted = (f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}", str(st.st_ino))
         ranges = []
@@ -57,11 +72,17 @@ def release_file_pages(path: str) -> None:
             for line in maps:
                 fields = line.split()
                 if len(fields) >= 6 and (fields[3], fields[4]) == wanted:
-                    ranges.append(fields[0])
-        libc = ctypes.CDLL(name, use_errno=True)
-        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        for r in ranges:
-            start, end = (int(x, 16) for x in r.split("-"))
-            libc.madvise(start, end - start, MADV_DONTNEED)
-    except (OSError, AttributeError, ValueError):
-        pass
+                    start, end = (int(x, 16) for x in fields[0].split("-"))
+                    ranges.append((start, end - start))
+        return ranges
+
+    def release(self) -> None:
+        if self._madvise is None:
+            return
+        try:
+            if self._ranges is None:
+                self._ranges = self._find_ranges()
+            for start, length in self._ranges:
+                self._madvise(start, length, MADV_DONTNEED)
+        except (OSError, ValueError):
+            self._madvise = None  # no /proc or no such call here: stop trying
