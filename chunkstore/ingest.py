@@ -19,6 +19,9 @@ from chunkstore.store import Store, validate_name
 # One LMDB transaction per this many stored bytes: big enough to amortise the commit,
 # small enough that a kill loses little work and memory stays flat.
 BATCH_BYTES = 4 * 1024 * 1024
+# Chunks in flight: compressible chunks take ~5x longer than incompressible ones, and with
+# a short window the workers idled (~40%) while the oldest chunk held up the ordered results.
+INGEST_WINDOW = 16
 # Input bytes between two releases of the store pages this process has mapped.
 RELEASE_EVERY = 4 * 1024 * 1024
 
@@ -82,7 +85,8 @@ def add_file(store: Store, path: Path | str, *, name: str | None = None,
     since_release = 0
     with open_input(path) as f, store.lease():
         try:
-            for cid, size, stored in ordered_map(encode, iter_chunks(f, chunker)):
+            for cid, size, stored in ordered_map(encode, iter_chunks(f, chunker),
+                                                 window=INGEST_WINDOW):
                 refs.append(ChunkRef(cid, size))
                 if stored is not None:
                     batch.append((cid, stored))
