@@ -8,7 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from chunkstore.download import FetchResult, Progress
+from chunkstore.download import Progress
+from chunkstore.fetchresult import FetchResult
 from chunkstore.ingest import add_file
 from chunkstore.localswarm import LocalSwarm, wait_for_providers
 from chunkstore.store import Store

@@ -12,11 +12,11 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from chunkstore.codec import ChunkCodec
 from chunkstore.directory import Directory
+from chunkstore.fetchresult import FetchResult
 from chunkstore.errors import CorruptChunk, MissingChunks, NetworkError, NotFound
 from chunkstore.manifest import Manifest
 from chunkstore.objectid import looks_like_id
@@ -35,24 +35,6 @@ FLUSH_BYTES = 8 * 1024 * 1024
 FLUSH_SECONDS = 0.5
 # Holder lookups for single chunks run in the background with this much concurrency.
 LOOKUP_CONCURRENCY = 16
-
-
-@dataclass
-class FetchResult:
-    name: str
-    manifest_id: str
-    size: int
-    chunks: int
-    chunks_fetched: int       # distinct chunks that came over the network
-    chunks_reused: int        # distinct chunks already in the local store
-    bytes_fetched: int        # raw bytes that came over the network
-    seconds: float
-    output: str
-    sources: dict[str, int] = field(default_factory=dict)  # "host:port" -> raw bytes delivered
-
-    @property
-    def throughput(self) -> float:
-        return self.bytes_fetched / self.seconds if self.seconds > 0 else 0.0
 
 
 async def resolve_manifest_id(store: Store, directory: Directory, name_or_id: str) -> bytes:

@@ -8,14 +8,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 from chunkstore.errors import NotFound
+from chunkstore.fetchresult import FetchResult
 from chunkstore.restore import restore_file
 from chunkstore.store import Store
-
-if TYPE_CHECKING:
-    from chunkstore.download import FetchResult
 
 Progress = Callable[[int], None]
 
@@ -32,15 +30,9 @@ def complete_locally(store: Store, name_or_id: str) -> bool:
 def get(store: Store, name_or_id: str, output: Path | BinaryIO, *,
         bootstrap: list[tuple[str, int]] | None = None, force: bool = False,
         progress: Progress | None = None,
-        on_total: Callable[[int], None] | None = None) -> "FetchResult":
+        on_total: Callable[[int], None] | None = None) -> FetchResult:
     """`chunkstore get`: from the local store when the file is complete there, else from
     the swarm (through the running node, or a short-lived one joined via `bootstrap`)."""
-    import asyncio
-
-    from chunkstore.download import FetchResult
-    from chunkstore.node import running_node
-    from chunkstore.swarm import fetch
-
     if complete_locally(store, name_or_id):
         started = time.monotonic()
         mid, manifest = store.resolve(name_or_id)
@@ -53,6 +45,11 @@ def get(store: Store, name_or_id: str, output: Path | BinaryIO, *,
                            chunks_reused=len({r.chunk_id for r in manifest.chunks}),
                            bytes_fetched=0, seconds=time.monotonic() - started,
                            output=restored.output)
+    import asyncio
+
+    from chunkstore.node import running_node
+    from chunkstore.swarm import fetch
+
     if not bootstrap and running_node(store.home) is None:
         try:
             store.resolve(name_or_id)

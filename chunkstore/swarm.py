@@ -16,7 +16,8 @@ from typing import BinaryIO
 
 from chunkstore.dht import DhtNode
 from chunkstore.directory import DhtDirectory, Directory, NodeApiDirectory
-from chunkstore.download import FetchResult, Progress, fetch_file, write_fetched
+from chunkstore.download import Progress, fetch_file, write_fetched
+from chunkstore.fetchresult import FetchResult
 from chunkstore.errors import InputError
 from chunkstore.node import Node, NodeInfo, running_node
 from chunkstore.objectid import parse_id
