@@ -158,7 +158,7 @@ def serve(host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.
           bootstrap: BootstrapOpt = None,
           upload_rate: Annotated[Optional[str], typer.Option(
               help="Cap on upload bytes/s, e.g. 25MB (default: none).")] = None,
-          home: HomeOpt = None) -> None:
+          home: HomeOpt = None, json: JsonOpt = False) -> None:
     """Run a node until Ctrl-C: join the DHT, serve chunks, announce what the store holds."""
     import asyncio
 
@@ -170,6 +170,9 @@ def serve(host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.
             raise fail(f"port must be 0..65535, not {port}", 2)
 
         def ready(info) -> None:
+            if json:
+                emit(info, True, list)
+                return
             stderr.print(f"serving {info.host} dht udp/{info.dht_port} transfer "
                          f"tcp/{info.transfer_port} (bootstrap others with --bootstrap "
                          f"{info.dht_address()}); Ctrl-C stops", markup=False, highlight=False)
