@@ -26,13 +26,15 @@ from chunkstore.providers import Holder
 from chunkstore.restore import write_manifest
 from chunkstore.scheduler import DownloadScheduler, FailureKind, Request
 from chunkstore.store import Store
-from chunkstore.transfer import PeerBusy, PeerMissing, TransferClient
+from chunkstore.transfer import PeerBusy, TransferClient
 
 Progress = Callable[[int], None]
 # Verified chunks are written to LMDB in batches of about this many bytes (or every
 # FLUSH_SECONDS): one transaction per chunk would cost a commit per MiB.
 FLUSH_BYTES = 8 * 1024 * 1024
 FLUSH_SECONDS = 0.5
+WINDOW_MAX = 8
+MAX_IN_FLIGHT = 24
 # Holder lookups for single chunks run in the background with this much concurrency.
 LOOKUP_CONCURRENCY = 16
 
@@ -98,7 +100,10 @@ class _ChunkFetch:
         self.sizes = [sizes[cid] for cid in self.units]
         # A dead holder is probed twice (after 2 s, then 4 s) before its chunks are given up:
         # a user waiting on a get wants "missing" in seconds, not minutes.
-        self.scheduler = DownloadScheduler(self.sizes, down_backoff=2.0, down_retries=2)
+        # At most MAX_IN_FLIGHT chunks in flight over all peers bounds memory (8 peers with
+        # full windows held ~150 MiB); a window of 8 matches the client's connections per peer.
+        self.scheduler = DownloadScheduler(self.sizes, down_backoff=2.0, down_retries=2,
+                                           window_max=WINDOW_MAX, max_in_flight=MAX_IN_FLIGHT)
         self.pending: list[tuple[bytes, bytes, bytes | memoryview]] = []
         # Output writes and LMDB commits run on a thread of their own, a batch at a time:
         # inline they took a third of the event loop's time (a commit blocks for tens of ms,
@@ -153,26 +158,26 @@ class _ChunkFetch:
             for _ in range(min(LOOKUP_CONCURRENCY, len(self.units))):
                 tg.create_task(worker())
 
-    async def fetch_one(self, req: Request) -> tuple[Request, FailureKind | None, int]:
+    async def fetch_one(self, req: Request) -> tuple[Request, FailureKind | None,
+                                                     tuple[bytes, bytes | memoryview] | None]:
+        """Fetch and verify one chunk; returns the failure, or (stored, raw) bytes."""
         cid = self.units[req.index]
         holder: Holder = req.peer
         try:
             stored = await self.client.fetch_chunk(holder.host, holder.port, cid,
                                                    max_size=self.sizes[req.index] + 1)
         except PeerBusy:
-            return req, FailureKind.BUSY, 0
-        except PeerMissing:
-            return req, FailureKind.ERROR, 0
-        except NetworkError:
-            return req, FailureKind.ERROR, 0
+            return req, FailureKind.BUSY, None
+        except NetworkError:  # PeerMissing (404) included: that peer does not have it
+            return req, FailureKind.ERROR, None
         try:
             # Inline on the loop: ~1 ms per MiB, cheaper than a thread hop per chunk here.
             raw = self.codec.decode_verified(cid, stored)
         except CorruptChunk:
-            return req, FailureKind.CORRUPT, 0
+            return req, FailureKind.CORRUPT, None
         if len(raw) != self.sizes[req.index]:
-            return req, FailureKind.CORRUPT, 0
-        return req, None, self._accept(cid, stored, raw)
+            return req, FailureKind.CORRUPT, None
+        return req, None, (stored, raw)
 
     def _accept(self, cid: bytes, stored: bytes, raw: bytes | memoryview) -> int:
         self.accepted.add(cid)
@@ -227,11 +232,14 @@ class _ChunkFetch:
                 for task in done:
                     if task is lookups:
                         continue
-                    req = tasks.pop(task)
+                    if tasks.pop(task, None) is None:
+                        continue  # a copy cancelled by a success earlier in this batch
+                    req, failure, payload = task.result()
                     by_request.pop(req, None)
-                    req, failure, nbytes = task.result()
                     if failure is None:
-                        self.fetched_bytes += nbytes
+                        cid = self.units[req.index]
+                        if cid not in self.accepted:  # endgame copies may both arrive
+                            self.fetched_bytes += self._accept(cid, *payload)
                         for dup in sched.on_success(req, now):
                             dup_task = by_request.pop(dup, None)
                             if dup_task is not None:

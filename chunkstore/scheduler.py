@@ -165,6 +165,7 @@ class DownloadScheduler:
         down_backoff: float = 5.0,
         max_backoff: float = 300.0,
         down_retries: int = 3,
+        max_in_flight: int | None = None,
     ) -> None:
         """Schedule a file whose chunk `i` has `chunk_sizes[i]` raw bytes; nothing is done yet.
 
@@ -176,6 +177,9 @@ class DownloadScheduler:
         - busy_backoff: first back-off after BUSY, doubling while the peer keeps saying it.
         - down_backoff: first back-off of a DOWN peer, doubling each time it fails its probe;
           after `down_retries` failed probes it is not tried again. max_backoff caps both.
+        - max_in_flight: most requests in flight over all peers (None: no cap beyond the
+          windows). Bounds the caller's memory: with many peers, windows alone would allow
+          peers x window_max chunks in flight at once.
         """
         sizes = list(chunk_sizes)
         for size in sizes:
@@ -193,6 +197,7 @@ class DownloadScheduler:
         self._sizes = sizes
         self._window_min = window_min
         self._window_max = window_max
+        self._max_in_flight = max_in_flight
         self._failure_limit = peer_failure_limit
         self._copies_max = endgame_copies
         self._request_timeout = request_timeout
@@ -313,6 +318,7 @@ class DownloadScheduler:
             _, _, pid = heapq.heappop(self._wakeups)
             self._make_ready(self._peers[pid])
         out: list[Request] = []
+        held: dict[PeerId, _Peer] = {}  # peers with free window, waiting for the global cap
         # Issuing can wake starved peers (new duplicate candidates), hence the outer loop; it
         # ends because a woken peer either takes work or goes back to starving.
         while self._ready:
@@ -323,12 +329,21 @@ class DownloadScheduler:
                 free = self._slots(peer) - len(peer.requests)
                 if free <= 0:
                     continue  # back to ready when one of its requests ends
+                if self._max_in_flight is not None:
+                    room = self._max_in_flight - len(self._flights)
+                    if room < free:
+                        held[peer.pid] = peer  # ready again once requests end
+                        if room <= 0:
+                            continue
+                        free = room
                 free -= self._assign_new(peer, free, now, out)
                 if free > 0:
                     free -= self._assign_duplicates(peer, free, now, out)
                 if free > 0:
+                    held.pop(peer.pid, None)
                     starved = self._starved_universal if peer.universal else self._starved
                     starved[peer.pid] = peer
+        self._ready.update(held)
         return out
 
     def overdue(self, now: float) -> list[Request]:

@@ -615,3 +615,23 @@ def test_peer_for_all_after_being_named_for_some_chunks() -> None:
     reqs = {r.peer: r.index for r in s.next_requests(0.0)}
     # Chunk 0 has another holder, so B (counted once, as a holder of everything) leaves it to A.
     assert reqs == {A: 0, B: 1}
+
+
+def test_global_cap_on_requests_in_flight() -> None:
+    sizes = [256 * KIB] * 400
+    peers = [peer(i, 20 * MB) for i in range(8)]
+    sched = DownloadScheduler(sizes, max_in_flight=10)
+    peak = 0
+    issue = sched.next_requests
+
+    def recording(now: float) -> list[Request]:
+        nonlocal peak
+        out = issue(now)
+        peak = max(peak, sched.in_flight)
+        return out
+
+    sched.next_requests = recording  # type: ignore[method-assign]
+    sim = Simulation(sched, sizes, peers).run()
+    assert_complete(sim)
+    assert 0 < peak <= 10
+    assert all(sim.delivered_by[p.pid] > 0 for p in peers)  # the cap starves no peer
