@@ -54,7 +54,7 @@ import blake3
 
 from chunkstore import __version__
 from chunkstore.demo import generate_file
-from chunkstore.errors import ChunkstoreError
+from chunkstore.errors import ChunkstoreError, InputError
 from chunkstore.localswarm import (START_TIMEOUT, LocalNode, LocalSwarm, node_stats,
                                    providers_of, serve_command)
 from chunkstore.node import CONTACTS_FILE, NODE_FILE, running_node
@@ -90,7 +90,8 @@ class _ProcessFailed(BenchError):
 
     def __init__(self, argv: Sequence[str], code: int, tail: str) -> None:
         lines = [ln for ln in tail.splitlines() if ln.strip()]
-        self.summary = f"{Path(argv[0]).name} exited with {code}: " + \
+        program = argv[4] if list(argv[:3]) == ["ip", "netns", "exec"] else argv[0]
+        self.summary = f"{Path(program).name} exited with {code}: " + \
             (lines[-1][:300] if lines else "no output")
         super().__init__(f"{' '.join(argv)} exited with {code}:\n{tail}")
 
@@ -137,6 +138,10 @@ class Measurement:
     wire_bytes: int      # body bytes the holders / mirrors sent (chunkstore: stored form)
     sources: dict[str, int] = field(default_factory=dict)
     identical: bool = True
+    cpu_s: float = 0.0        # user+sys CPU of the downloading process
+    peers_cpu_s: float = 0.0  # CPU the holders (or the nginx mirrors) spent during the download
+    node_cpu_s: float = 0.0   # CPU of the fetcher's node (DHT lookups for the get)
+    load1: float = 0.0   # the machine's 1-minute load average after the run: others' work shows
 
     @property
     def mbps(self) -> float:
@@ -161,10 +166,10 @@ class Point:
     high: float
     inner_median: float
     rss_mib: float
-
-    @property
-    def label(self) -> str:
-        return f"{self.tool} {self.content}" if self.tool != ARIA2C else self.tool
+    cpu_s: float        # medians of the CPU seconds of the run (see Measurement)
+    peers_cpu_s: float
+    node_cpu_s: float
+    wall_s: float
 
 
 @dataclass(frozen=True)
@@ -200,7 +205,11 @@ class BenchResult:
         return [Point(tool, content, capped, holders, len(ms),
                       statistics.median(m.mbps for m in ms), min(m.mbps for m in ms),
                       max(m.mbps for m in ms), statistics.median(m.inner_mbps for m in ms),
-                      max(m.maxrss_kib for m in ms) / KiB)
+                      max(m.maxrss_kib for m in ms) / KiB,
+                      statistics.median(m.cpu_s for m in ms),
+                      statistics.median(m.peers_cpu_s for m in ms),
+                      statistics.median(m.node_cpu_s for m in ms),
+                      statistics.median(m.wall_s for m in ms))
                 for (tool, content, capped, holders), ms in groups.items()]
 
     def point(self, tool: str, content: str, capped: bool, holders: int) -> Point | None:
@@ -260,6 +269,44 @@ class BenchResult:
             "measurements": [asdict(m) | {"mbps": m.mbps, "inner_mbps": m.inner_mbps}
                              for m in self.measurements],
         }
+
+
+def parse_counts(text: str) -> tuple[int, ...]:
+    """Holder counts as users write them: '1,2,4,8' -> (1, 2, 4, 8); '' or 'none' -> ()."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"not a list of holder counts: {text!r} (example: 1,2,4,8)") from None
+    if min(values) < 1:
+        raise InputError(f"holder counts must be at least 1: {text!r}")
+    return values
+
+
+def parse_contents(choice: str, incompressible: bool = False) -> tuple[str, ...]:
+    """'mixed', 'random' or 'both' (`incompressible` wins: random only) to BenchConfig.contents."""
+    if incompressible:
+        return (RANDOM,)
+    if choice == "both":
+        return CONTENTS
+    if choice not in CONTENTS:
+        raise InputError(f"content must be mixed, random or both, not {choice!r}")
+    return (choice,)
+
+
+def result_from_json(data: dict[str, Any]) -> BenchResult:
+    """A BenchResult back from `BenchResult.to_json()` (e.g. to redraw the plot)."""
+    known = set(Measurement.__dataclass_fields__)
+    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in data["config"].items()}
+    started = time.mktime(time.strptime(data["started"], "%Y-%m-%dT%H:%M:%SZ"))
+    return BenchResult(config=BenchConfig(**cfg), machine=data["machine"],
+                       versions=data["versions"], stored_bytes=data["stored_bytes"],
+                       link=data["link"],
+                       measurements=[Measurement(**{k: v for k, v in m.items() if k in known})
+                                     for m in data["measurements"]],
+                       started=started, seconds=data["seconds"],
+                       failures=data.get("failures", []), notes=data["notes"])
 
 
 def human_size(n: float) -> str:
@@ -378,6 +425,7 @@ class _RssSampler(threading.Thread):
 @dataclass(frozen=True)
 class _Run:
     wall_s: float
+    cpu_s: float
     maxrss_kib: int
     maxrss_exact: bool
     stdout: str
@@ -414,8 +462,36 @@ def _run_measured(argv: Sequence[str], log: Path, timeout: float) -> _Run:
     # the child's own only when it exceeds ours; else the sampled VmHWM of the exec'd image.
     own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     exact = usage.ru_maxrss > own_peak
-    return _Run(wall, usage.ru_maxrss if exact else (sampler.hwm or usage.ru_maxrss), exact,
-                stdout)
+    return _Run(wall, usage.ru_utime + usage.ru_stime,
+                usage.ru_maxrss if exact else (sampler.hwm or usage.ru_maxrss), exact, stdout)
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User+system CPU seconds so far of these processes and their live descendants (Linux
+    /proc; a process that is gone counts 0)."""
+    total = 0.0
+    todo = list(pids)
+    while todo:
+        pid = todo.pop()
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime
+        except (OSError, ValueError, IndexError):
+            continue
+        todo += _children(pid)
+    return total
 
 
 # ---------------------------------------------------------------------------------------------
@@ -685,12 +761,10 @@ class _Mirrors:
         (d / "nginx.conf").write_text(_NGINX_CONF.format(dir=d, user=user, host=host,
                                                          port=port, root=self.root,
                                                          limit=limit))
-        log = open(d / "stderr.log", "ab")
-        with log:
+        with open(d / "stderr.log", "ab") as log:
             proc = subprocess.Popen([*NetnsLab.prefix(ns), "nginx", "-p", str(d), "-c",
                                      str(d / "nginx.conf"), "-e", str(d / "error.log")],
-                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                    start_new_session=False)
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         self.procs.append(proc)
         url = f"http://{host}:{port}/{FILE_NAME}"
         deadline = time.monotonic() + 10
@@ -710,8 +784,14 @@ class _Mirrors:
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
+                workers = _children(proc.pid)
                 proc.kill()
                 proc.wait()
+                for pid in workers:  # a killed master leaves its worker behind
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
         self.procs.clear()
 
 
@@ -782,6 +862,7 @@ class _Runner:
 
     # -- one measurement --------------------------------------------------------------------
     def _record(self, m: Measurement) -> None:
+        m.load1 = os.getloadavg()[0]
         self.count += 1
         self.measurements.append(m)
         where = f"{m.holders} holder(s)" if m.tool != LOCAL else "local store"
@@ -789,7 +870,9 @@ class _Runner:
         extra = (f", in-process {m.inner_mbps:.1f} MB/s" if m.tool == CHUNKSTORE else "")
         self.report(f"[{self.count}/{self.total}] {m.tool:<10} {m.content:<6} {cap:<8} "
                     f"{where:<12} rep {m.rep + 1}: {m.mbps:7.1f} MB/s (wall {m.wall_s:.2f} s"
-                    f"{extra}), peak RSS {m.maxrss_kib / KiB:.0f} MiB"
+                    f"{extra}), CPU s: downloader {m.cpu_s:.1f}, peers {m.peers_cpu_s:.1f}"
+                    + (f", fetcher node {m.node_cpu_s:.1f}" if m.tool == CHUNKSTORE else "")
+                    + f"; peak RSS {m.maxrss_kib / KiB:.0f} MiB, load {m.load1:.1f}"
                     + ("" if m.identical else "  OUTPUT DIFFERS"))
         if not m.identical:
             raise BenchError(f"{m.tool} wrote a file that differs from the source "
@@ -817,10 +900,14 @@ class _Runner:
                 nodes.append(swarm.start(content.homes[i], nodes[:1], rate, ns))
             fetcher = swarm.start(fetch_home, nodes[:1], None, lab.fetcher if lab else None)
             swarm.wait_ready(nodes, fetcher, content.manifest_id, content.objects)
+            peers_before = cpu_seconds([n.proc.pid for n in nodes])
+            node_before = cpu_seconds([fetcher.proc.pid])
             run = _run_measured([*NetnsLab.prefix(lab.fetcher if lab else None),
                                  *chunkstore_command(), "get", FILE_NAME, "-o", str(out),
                                  "--json", "--home", str(fetch_home)],
                                 self.logs / f"{tag}.log", timeout=self._timeout(holders, capped))
+            peers_cpu = cpu_seconds([n.proc.pid for n in nodes]) - peers_before
+            node_cpu = cpu_seconds([fetcher.proc.pid]) - node_before
             result = json.loads(run.stdout)
             wire = sum(swarm.api(n, "/node")["bytes_served"] for n in nodes)
             expected = {swarm.transfer_address(n) for n in nodes}
@@ -833,7 +920,7 @@ class _Runner:
         self._record(Measurement(CHUNKSTORE, content.kind, capped, holders, rep,
                                  self.config.size, run.wall_s, result["seconds"],
                                  run.maxrss_kib, run.maxrss_exact, wire, result["sources"],
-                                 identical))
+                                 identical, run.cpu_s, peers_cpu, node_cpu))
 
     def aria2c(self, content: _Content, holders: int, capped: bool, rep: int) -> None:
         lab = self.lab
@@ -848,6 +935,7 @@ class _Runner:
         rate = self.config.rate if capped and lab is None else None
         client_ns = lab.fetcher if lab else None
         with _Mirrors(work, content.source.parent, places, rate, client_ns) as mirrors:
+            before = cpu_seconds([p.pid for p in mirrors.procs])
             run = _run_measured([*NetnsLab.prefix(client_ns), "aria2c", "--no-conf",
                                  "-d", str(work), "-o", "out.bin",
                                  f"-s{holders}", "-x1", "-k1M", "--file-allocation=trunc",
@@ -856,11 +944,12 @@ class _Runner:
                                  "--download-result=hide", "--max-tries=3",
                                  *mirrors.urls[:holders]],
                                 self.logs / f"{tag}.log", timeout=self._timeout(holders, capped))
+            mirrors_cpu = cpu_seconds([p.pid for p in mirrors.procs]) - before
         identical = self._verify(work / "out.bin", content)
         shutil.rmtree(work, ignore_errors=True)
         self._record(Measurement(ARIA2C, content.kind, capped, holders, rep, self.config.size,
                                  run.wall_s, run.wall_s, run.maxrss_kib, run.maxrss_exact,
-                                 self.config.size, {}, identical))
+                                 self.config.size, {}, identical, run.cpu_s, mirrors_cpu))
 
     def local_get(self, content: _Content, rep: int) -> None:
         out = self.work / f"local-{content.kind}-r{rep}.bin"
@@ -870,7 +959,8 @@ class _Runner:
         result = json.loads(run.stdout)
         self._record(Measurement(LOCAL, content.kind, False, 0, rep, self.config.size,
                                  run.wall_s, result["seconds"], run.maxrss_kib,
-                                 run.maxrss_exact, 0, {}, self._verify(out, content)))
+                                 run.maxrss_exact, 0, {}, self._verify(out, content),
+                                 run.cpu_s))
 
     def attempt(self, what: str, measure: Callable[..., None], *args: Any) -> None:
         """Run one measurement; a process that fails is noted and tried once more."""
@@ -979,8 +1069,8 @@ def _notes(result: BenchResult) -> list[str]:
         notes.append(f"aria2c and nginx never look inside the bytes: measured once, on the "
                      f"{cfg.contents[0]} file, and compared with both.")
     if result.failures:
-        notes.append(f"{len(result.failures)} attempt(s) failed and were run again: "
-                     + "; ".join(result.failures))
+        notes.append(f"{len(result.failures)} attempt(s) failed and were run again "
+                     "(details in the JSON): " + "; ".join(f[:160] for f in result.failures))
     if cfg.netns:
         notes.append("netns: only the rate is shaped (tc tbf); no added delay, since netem "
                      "is not in this kernel. Uncapped runs and the local get are loopback-only.")
@@ -1042,65 +1132,101 @@ def render_markdown(result: BenchResult) -> str:
                                              for c in contents]
             row += ["–"] * (len(header) - len(row))
             lines.append("| " + " | ".join(row) + " |")
+    lines += ["", f"**Where the CPU goes**: median CPU seconds per download "
+                  f"({os.cpu_count()} cores: at most {os.cpu_count()} CPU-s per wall second)", "",
+              "| tool | file | cap | holders | wall s | downloader | holders / mirrors "
+              "| fetcher node | CPU / wall |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    order = {CHUNKSTORE: 0, ARIA2C: 1, LOCAL: 2}
+    for p in sorted(result.points(), key=lambda p: (not p.capped, order[p.tool], p.content,
+                                                    p.holders)):
+        total = p.cpu_s + p.peers_cpu_s + p.node_cpu_s
+        lines.append(f"| {p.tool} | {p.content if p.tool != ARIA2C else 'any'} | "
+                     f"{'capped' if p.capped else 'none'} | {p.holders or '–'} | "
+                     f"{p.wall_s:.2f} | {p.cpu_s:.2f} | "
+                     f"{p.peers_cpu_s:.2f} | {p.node_cpu_s:.2f} | {total / p.wall_s:.2f} |")
     targets = result.targets()
     if targets:
         lines += ["", "| target | measured | goal | |", "|---|---:|---:|---|"]
         for t in targets:
-            unit = "" if t.name.startswith("peak RSS") else "x"
-            goal = f"< {t.goal:g}" if t.name.startswith("peak RSS") else f">= {t.goal:g}x"
-            lines.append(f"| {t.name} ({t.detail}) | {t.measured:.2f}{unit} | {goal} | "
+            rss = t.name.startswith("peak RSS")
+            measured = f"{t.measured:.1f}" if rss else f"{t.measured:.3f}x"
+            goal = f"< {t.goal:g}" if rss else f">= {t.goal:g}x"
+            lines.append(f"| {t.name} ({t.detail}) | {measured} | {goal} | "
                          f"{'met' if t.met else 'missed'} |")
     lines += ["", *[f"- {n}" for n in result.notes]]
     return "\n".join(lines) + "\n"
 
 
 def write_plot(result: BenchResult, path: Path) -> Path:
-    """Throughput against holders (matplotlib, headless): chunkstore and aria2c capped with
-    their min–max range, the ideal H×R line, and the uncapped points and local ceiling."""
+    """A PNG (matplotlib, headless). Left: throughput against holders with every tool capped,
+    min–max bars, and the ideal H×R line. Right (loopback runs): the uncapped throughputs
+    and the local-get ceiling as bars."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     cfg = result.config
-    fig, ax = plt.subplots(figsize=(8.5, 5.2), dpi=120)
+    uncapped = [p for p in result.points() if not p.capped]
+    fig, axes = plt.subplots(1, 2 if uncapped else 1, figsize=(12 if uncapped else 7.5, 5.2),
+                             dpi=120, gridspec_kw={"width_ratios": [3, 2]} if uncapped else None,
+                             squeeze=False)
+    ax = axes[0][0]
+    colors = {(CHUNKSTORE, MIXED): "tab:blue", (CHUNKSTORE, RANDOM): "tab:green",
+              (ARIA2C, None): "tab:red", (LOCAL, MIXED): "lightsteelblue",
+              (LOCAL, RANDOM): "darkseagreen"}
+    series = [(CHUNKSTORE, c, f"chunkstore, {c} file", "o") for c in cfg.contents]
+    series.append((ARIA2C, cfg.contents[0], "aria2c + nginx", "s"))
     xs = list(cfg.holders)
     ax.plot(xs, [h * cfg.rate / MB for h in xs], "k--", lw=1, label="ideal H×R")
-    styles = {(CHUNKSTORE, MIXED): ("tab:blue", "o"), (CHUNKSTORE, RANDOM): ("tab:green", "D"),
-              (ARIA2C, MIXED): ("tab:red", "s"), (ARIA2C, RANDOM): ("tab:red", "s"),
-              (LOCAL, MIXED): ("tab:blue", None), (LOCAL, RANDOM): ("tab:green", None)}
-    for p_tool, content in [(CHUNKSTORE, c) for c in cfg.contents] + [(ARIA2C, cfg.contents[0])]:
-        color, marker = styles[(p_tool, content)]
-        name = f"chunkstore, {content} file" if p_tool == CHUNKSTORE else "aria2c + nginx"
-        for capped in (True, False):
-            pts = [p for p in result.points()
-                   if (p.tool, p.content, p.capped) == (p_tool, content, capped)]
-            pts.sort(key=lambda p: p.holders)
-            if not pts:
-                continue
-            x = [p.holders for p in pts]
-            y = [p.median for p in pts]
-            err = [[p.median - p.low for p in pts], [p.high - p.median for p in pts]]
-            if capped:
-                ax.errorbar(x, y, yerr=err, color=color, marker=marker, capsize=3,
-                            label=f"{name}, capped")
-            else:
-                ax.errorbar(x, y, yerr=err, color=color, marker=marker, ls="none",
-                            mfc="none", ms=8, capsize=3, label=f"{name}, uncapped")
-    for content in cfg.contents:
-        local = result.point(LOCAL, content, False, 0)
-        if local:
-            ax.axhline(local.median, color=styles[(LOCAL, content)][0], ls=":", lw=1.2,
-                       label=f"local get, {content} file (ceiling)")
-    ax.set_xticks(sorted(set(xs) | set(cfg.uncapped_holders if not cfg.netns else ())))
+    for tool, content, name, marker in series:
+        pts = sorted((p for p in result.points()
+                      if (p.tool, p.content, p.capped) == (tool, content, True)),
+                     key=lambda p: p.holders)
+        if pts:
+            ax.errorbar([p.holders for p in pts], [p.median for p in pts],
+                        yerr=[[p.median - p.low for p in pts], [p.high - p.median for p in pts]],
+                        color=colors[(tool, None if tool == ARIA2C else content)],
+                        marker=marker, capsize=3, label=name)
+    how = ("links shaped by tc in network namespaces" if cfg.netns
+           else "loopback, cap per process")
+    ax.set_title(f"capped at {cfg.rate / MB:g} MB/s per holder ({how})", fontsize=10)
+    ax.set_xticks(xs)
     ax.set_xlabel("holders (chunkstore nodes / nginx mirrors)")
     ax.set_ylabel("MB/s of file bytes (10^6 B/s)")
-    mode = ("network namespaces, tc tbf per link" if cfg.netns
-            else "loopback, per-process cap")
-    ax.set_title(f"{human_size(cfg.size)} file, {cfg.rate / MB:g} MB/s per holder ({mode})",
-                 fontsize=11)
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
+    if uncapped:
+        ax = axes[0][1]
+        groups = [str(h) for h in cfg.uncapped_holders] + ["local"]
+        bars = [(CHUNKSTORE, c, f"chunkstore, {c}") for c in cfg.contents]
+        bars.append((ARIA2C, cfg.contents[0], "aria2c + nginx"))
+        width = 0.8 / len(bars)
+        for i, (tool, content, name) in enumerate(bars):
+            heights, lows, highs, at = [], [], [], []
+            for g, label in enumerate(groups):
+                p = (result.point(LOCAL, content, False, 0) if label == "local"
+                     else result.point(tool, content, False, int(label)))
+                if p is None or (label == "local" and tool == ARIA2C):
+                    continue
+                at.append(g + (i - (len(bars) - 1) / 2) * width)
+                heights.append(p.median)
+                lows.append(p.median - p.low)
+                highs.append(p.high - p.median)
+            color = colors[(tool, None if tool == ARIA2C else content)]
+            ax.bar(at, heights, width, yerr=[lows, highs], capsize=3, color=color, label=name)
+            for x, h in zip(at, heights):
+                ax.annotate(f"{h:.0f}", (x, h), ha="center", va="bottom", fontsize=7,
+                            xytext=(0, 2), textcoords="offset points")
+        ax.set_xticks(range(len(groups)),
+                      [f"{g} holder{'s' if g != '1' else ''}" if g != "local"
+                       else "local get\n(ceiling)" for g in groups])
+        ax.set_title("uncapped, loopback (CPU-bound)", fontsize=10)
+        ax.set_ylabel("MB/s of file bytes")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8, loc="upper left")
+    fig.suptitle(f"chunkstore get vs aria2c: {human_size(cfg.size)} file, median of "
+                 f"{cfg.repeat} (bars: min–max)", fontsize=11)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

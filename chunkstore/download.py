@@ -35,6 +35,8 @@ FLUSH_BYTES = 8 * 1024 * 1024
 FLUSH_SECONDS = 0.5
 WINDOW_MAX = 8
 MAX_IN_FLIGHT = 24
+# With this many holders of the manifest, holders of single chunks are not looked up.
+ENOUGH_SOURCES = 4
 # Holder lookups for single chunks run in the background with this much concurrency.
 LOOKUP_CONCURRENCY = 16
 
@@ -69,7 +71,7 @@ async def fetch_manifest(store: Store, directory: Directory, client: TransferCli
         except (NetworkError, CorruptChunk) as e:
             errors.append(str(e))
             continue
-        store.put_manifest(manifest, pin=True)
+        store.put_manifest(manifest, pin=True, announce=False)  # announced once complete
         return manifest, holders
     raise NetworkError(f"no holder served manifest {manifest_id.hex()}: {'; '.join(errors)}")
 
@@ -194,7 +196,11 @@ class _ChunkFetch:
         sched = self.scheduler
         for holder in manifest_holders:
             sched.add_peer_for_all(holder)
-        lookups = asyncio.create_task(self.lookup_holders()) if self.units else None
+        # Holders of the manifest hold the whole file (a node announces a manifest only once
+        # it has every chunk), so with enough of them the per-chunk lookups are skipped: on
+        # a 512 MiB file they cost the local node ~0.5 CPU-s. A refresh does them anyway.
+        wanted = self.units and len(manifest_holders) < ENOUGH_SOURCES
+        lookups = asyncio.create_task(self.lookup_holders()) if wanted else None
         refreshes_left = 1
         tasks: dict[asyncio.Task, Request] = {}
         by_request: dict[Request, asyncio.Task] = {}

@@ -231,15 +231,22 @@ class Store:
         self._transact(body)
 
     # -- manifests and names ----------------------------------------------------------------
-    def put_manifest(self, manifest: Manifest, name: str | None = None, pin: bool = False) -> bytes:
-        """Store a manifest (and point `name` at it) atomically; returns its id."""
+    def put_manifest(self, manifest: Manifest, name: str | None = None, pin: bool = False,
+                     announce: bool = True) -> bytes:
+        """Store a manifest (and point `name` at it) atomically; returns its id.
+
+        With announce=False the manifest is not queued for announcing: a download in
+        progress holds the manifest but not yet the file, and a peer that announced it
+        would be asked for chunks it does not have."""
         data = manifest.to_bytes()
         mid = manifest.id
         key = validate_name(name).encode() if name is not None else None
 
         def body(txn: lmdb.Transaction) -> None:
-            if txn.put(mid, data, db=self._manifests, overwrite=False):
+            if txn.put(mid, data, db=self._manifests, overwrite=False) and announce:
                 txn.put(mid, KIND_MANIFEST, db=self._announce)
+            elif announce and txn.get(mid, db=self._pins) is not None:
+                txn.put(mid, KIND_MANIFEST, db=self._announce)  # a finished download
             if key is not None:
                 txn.put(key, mid, db=self._names)
             if pin:

@@ -239,6 +239,67 @@ def demo(nodes: Annotated[int, typer.Option(min=3, max=32, help="Local nodes to 
             raise typer.Exit(1)
 
 
+@app.command()
+def bench(size: Annotated[str, typer.Option(help="File size.")] = "512MiB",
+          holders: Annotated[str, typer.Option(
+              help="Holder counts of the capped sweep, comma-separated.")] = "1,2,4,8",
+          rate: Annotated[str, typer.Option(
+              help="Cap per holder and per nginx mirror, bytes/s (25MB = 25*10^6 B/s); "
+                   "with --netns the tc rate of each holder's link.")] = "25MB",
+          repeat: Annotated[int, typer.Option(min=1, help="Repetitions of each point.")] = 3,
+          content: Annotated[str, typer.Option(
+              help="File: mixed (half random, half text), random (incompressible: equal "
+                   "wire bytes for chunkstore and nginx) or both.")] = "both",
+          incompressible: Annotated[bool, typer.Option(
+              "--incompressible", help="Same as --content random.")] = False,
+          uncapped_holders: Annotated[str, typer.Option(
+              help="Holder counts of the uncapped (CPU-bound) runs, or none.")] = "1,3",
+          no_aria2c: Annotated[bool, typer.Option(
+              "--no-aria2c", help="Skip the aria2c + nginx comparison.")] = False,
+          no_local: Annotated[bool, typer.Option(
+              "--no-local", help="Skip the local-get ceiling.")] = False,
+          netns: Annotated[bool, typer.Option(
+              "--netns", help="Holders and mirrors in network namespaces, links shaped by "
+                              "tc to --rate (root only).")] = False,
+          no_install: Annotated[bool, typer.Option(
+              "--no-install", help="Do not apt-get install missing aria2 / nginx-light.")] = False,
+          no_plot: Annotated[bool, typer.Option(
+              "--no-plot", help="Skip the PNG (matplotlib not needed).")] = False,
+          out: Annotated[Path, typer.Option(help="Output directory.")] = Path("benchmarks/out"),
+          workdir: Annotated[Optional[Path], typer.Option(
+              help="Make the temporary directory inside DIR.")] = None,
+          json: JsonOpt = False) -> None:
+    """Multi-source vs single-source get throughput against aria2c, with a table and a plot."""
+    from chunkstore.bench import (BenchConfig, BenchUnavailable, install_tools,
+                                  missing_tools, parse_contents, parse_counts,
+                                  render_markdown, run_bench, stop_on_signals, write_outputs)
+    with errors_as_messages():
+        cap = parse_rate(rate)
+        if cap is None:
+            raise fail("--rate must be a rate: the uncapped runs are --uncapped-holders", 2)
+        config = BenchConfig(size=parse_size(size), holders=parse_counts(holders), rate=cap,
+                             repeat=repeat, contents=parse_contents(content, incompressible),
+                             uncapped_holders=parse_counts(uncapped_holders),
+                             aria2c=not no_aria2c, local_get=not no_local, netns=netns,
+                             workdir=workdir)
+
+        def report(line: str) -> None:
+            stderr.print(line, markup=False, highlight=False)
+
+        stop_on_signals()
+        missing = missing_tools(config)
+        if missing and not no_install:
+            install_tools(missing, report)
+        try:
+            result = run_bench(config, report)
+        except BenchUnavailable as e:
+            stderr.print(f"skipped: {e}", markup=False, highlight=False)
+            return
+        paths = write_outputs(result, out, plot=not no_plot)
+        report("wrote " + ", ".join(str(p) for p in paths.values()))
+        emit(result.to_json(), json, lambda data: render_markdown(result).splitlines())
+
+
 def configure_logging() -> None:
     """Warnings of our own on stderr; the DHT libraries' per-peer chatter only on request.
 

@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""Multi-source vs single-source get throughput, against aria2c from nginx mirrors.
+
+Run from the repository root with the project's virtualenv (root installs aria2 and
+nginx-light with apt-get if they are missing; --netns needs root):
+
+    .venv/bin/pip install -q -e '.[bench]' && .venv/bin/python benchmarks/swarm.py
+
+Starts H holder nodes on 127.0.0.1 (each capped at --rate), fetches one generated file on a
+fresh node with 1, 2, 4 and 8 holders, and does the same with aria2c from H nginx mirrors
+capped at the same rate; then uncapped, and the local `get` as the ceiling. Prints the tables
+and writes swarm.json, swarm.md and swarm.png (swarm-netns.* with --netns) to --out.
+The logic is chunkstore.bench (also behind `chunkstore bench`); this is only the command line.
+Exit codes: 0 done (missed targets are reported, not failures) or netns skipped; 1 a download
+failed or wrote wrong bytes; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from chunkstore.bench import (CONTENTS, BenchConfig, BenchError, BenchUnavailable,
+                              install_tools, missing_tools, parse_contents, parse_counts,
+                              render_markdown, run_bench, stop_on_signals, write_outputs)
+from chunkstore.errors import InputError
+from chunkstore.units import parse_rate, parse_size
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "out"
+
+
+def counts(text: str) -> tuple[int, ...]:
+    try:
+        return parse_counts(text)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def rate(text: str) -> float:
+    try:
+        value = parse_rate(text)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if value is None:
+        raise argparse.ArgumentTypeError("the cap must be a rate (uncapped runs are separate: "
+                                         "--uncapped-holders)")
+    return value
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", type=size, default="512MiB", help="file size (512MiB)")
+    p.add_argument("--holders", type=counts, default="1,2,4,8",
+                   help="holder counts of the capped sweep (1,2,4,8)")
+    p.add_argument("--rate", type=rate, default="25MB",
+                   help="cap per holder and per mirror, bytes/s (25MB = 25*10^6 B/s)")
+    p.add_argument("--repeat", type=int, default=3, help="repetitions of each point (3)")
+    p.add_argument("--content", choices=[*CONTENTS, "both"], default="both",
+                   help="file: mixed (half random, half text), random (incompressible: "
+                        "equal wire bytes for both tools) or both (default)")
+    p.add_argument("--incompressible", action="store_true",
+                   help="same as --content random")
+    p.add_argument("--uncapped-holders", type=counts, default="1,3",
+                   help="holder counts of the uncapped runs, or none (1,3)")
+    p.add_argument("--no-aria2c", action="store_true", help="skip the aria2c comparison")
+    p.add_argument("--no-local", action="store_true", help="skip the local-get ceiling")
+    p.add_argument("--netns", action="store_true",
+                   help="holders and mirrors in network namespaces, links shaped by tc to "
+                        "--rate (root only)")
+    p.add_argument("--no-install", action="store_true",
+                   help="do not apt-get install missing aria2 / nginx-light")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                   help=f"output directory ({DEFAULT_OUT})")
+    p.add_argument("--workdir", type=Path,
+                   help="make the temporary directory inside DIR (default: system temp)")
+    args = p.parse_args(argv)
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1")
+    if not args.holders:
+        p.error("--holders needs at least one count")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    stop_on_signals()
+    config = BenchConfig(size=args.size, holders=args.holders, rate=args.rate,
+                         repeat=args.repeat, contents=parse_contents(args.content,
+                                                                     args.incompressible),
+                         uncapped_holders=args.uncapped_holders, aria2c=not args.no_aria2c,
+                         local_get=not args.no_local, netns=args.netns, workdir=args.workdir)
+
+    def report(line: str) -> None:
+        print(line, flush=True)
+
+    missing = missing_tools(config)
+    if missing and not args.no_install:
+        install_tools(missing, report)
+    try:
+        result = run_bench(config, report)
+    except BenchUnavailable as e:
+        print(f"skipped: {e}", file=sys.stderr)
+        return 0
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    print()
+    print(render_markdown(result))
+    paths = write_outputs(result, args.out, plot=not args.no_plot)
+    print(f"took {result.seconds / 60:.1f} min; wrote "
+          + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
