@@ -55,9 +55,8 @@ import blake3
 from chunkstore import __version__
 from chunkstore.demo import generate_file
 from chunkstore.errors import ChunkstoreError, InputError
-from chunkstore.localswarm import (START_TIMEOUT, LocalNode, LocalSwarm, node_stats,
-                                   providers_of, serve_command)
-from chunkstore.node import CONTACTS_FILE, NODE_FILE, running_node
+from chunkstore.localswarm import LocalNode, LocalSwarm, node_stats, providers_of
+from chunkstore.node import CONTACTS_FILE, NODE_FILE
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -638,28 +637,8 @@ class _Swarm:
 
     def _start_in(self, ns: str, home: Path, bootstrap: list[str], rate: str | None) -> LocalNode:
         """LocalSwarm.start_node, inside namespace `ns` and listening on its address."""
-        index = len(self.local.nodes)
-        home.mkdir(parents=True, exist_ok=True)
-        cmd = serve_command(home, bootstrap, rate)
-        cmd[cmd.index("--host") + 1] = self.lab.address(ns)
-        log_path = self.local.log_dir / f"node{index}.log"
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen([*NetnsLab.prefix(ns), *cmd], stdin=subprocess.DEVNULL,
-                                    stdout=log, stderr=log)
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            info = running_node(home)
-            if info is not None and info.pid == proc.pid:
-                break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                proc.wait()
-                tail = log_path.read_text(errors="replace")[-2000:]
-                raise BenchError(f"node {index} did not start in {ns}: {tail.strip()}")
-            time.sleep(0.05)
-        node = LocalNode(index, home, proc, info)
-        self.local.nodes.append(node)
-        return node
+        return self.local.start_node(bootstrap, upload_rate=rate, home=home,
+                                     host=self.lab.address(ns), prefix=NetnsLab.prefix(ns))
 
     def api(self, node: LocalNode, path: str) -> Any:
         ns = self.where[node.index]

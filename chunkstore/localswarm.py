@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,9 +45,10 @@ class LocalNode:
             self.proc.wait()
 
 
-def serve_command(home: Path, bootstrap: list[str], upload_rate: str | None) -> list[str]:
+def serve_command(home: Path, bootstrap: list[str], upload_rate: str | None,
+                  host: str = "127.0.0.1") -> list[str]:
     cmd = [sys.executable, "-m", "chunkstore_cli", "serve", "--home", str(home),
-           "--host", "127.0.0.1", "--port", "0"]
+           "--host", host, "--port", "0"]
     for address in bootstrap:
         cmd += ["--bootstrap", address]
     if upload_rate:
@@ -80,15 +82,18 @@ class LocalSwarm:
         self.close()
 
     def start_node(self, bootstrap: list[str] | None = None, *,
-                   upload_rate: str | None = None, home: Path | None = None) -> LocalNode:
-        """Start one more `serve` process and wait until it is up."""
+                   upload_rate: str | None = None, home: Path | None = None,
+                   host: str = "127.0.0.1", prefix: Sequence[str] = ()) -> LocalNode:
+        """Start one more `serve` process listening on `host` and wait until it is up.
+
+        `prefix` goes before the command, e.g. `ip netns exec NAME` to run it elsewhere."""
         index = len(self.nodes)
         home = home or self.root / f"node{index}"
         home.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"node{index}.log", "ab")
-        proc = subprocess.Popen(serve_command(home, bootstrap or [],
-                                              upload_rate or self.upload_rate),
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        cmd = serve_command(home, bootstrap or [], upload_rate or self.upload_rate, host)
+        proc = subprocess.Popen([*prefix, *cmd], stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=log)
         log.close()
         deadline = time.monotonic() + START_TIMEOUT
         while True:
