@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -278,6 +279,14 @@ class _ChunkFetch:
                 self.progress(len(raw) * len(self.offsets[cid]))
 
 
+def _is_file_target(path: Path) -> bool:
+    """True when `path` is (or will be created as) a regular file we can write at offsets."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return True
+
+
 async def fetch_file(store: Store, directory: Directory, client: TransferClient,
                      name_or_id: str, output: Path | None, *, force: bool = False,
                      progress: Progress | None = None,
@@ -294,9 +303,14 @@ async def fetch_file(store: Store, directory: Directory, client: TransferClient,
         on_total(manifest.size)
     name = name_or_id if not looks_like_id(name_or_id) else ""
     with store.lease():
-        if output is None:
-            job = _ChunkFetch(store, directory, client, manifest_id, manifest, None, progress)
+        if output is None or not _is_file_target(output):
+            # Into the store only; a device or FIFO output is then written in order from it.
+            job = _ChunkFetch(store, directory, client, manifest_id, manifest, None,
+                              None if output is not None else progress)
             sources = await job.run(holders)
+            if output is not None:
+                with atomic_output(output, force=force) as f:
+                    write_manifest(store, manifest, f, progress)
         else:
             with atomic_output(output, force=force) as f:
                 os.ftruncate(f.fileno(), manifest.size)

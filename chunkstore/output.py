@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,11 +29,26 @@ def atomic_output(path: Path, *, force: bool = False) -> Iterator[BinaryIO]:
     """A file to write that appears at `path` only if the block completes.
 
     The data goes to a temporary file in the same directory that is renamed over `path`
-    once the block completes; on any error the temporary file is removed."""
-    if path.exists() and not force:
-        raise InputError(f"{path} already exists (use --force to overwrite)")
-    if path.is_dir():
+    once the block completes; on any error the temporary file is removed. An existing path
+    that is not a regular file (/dev/null, a FIFO, a terminal) is written to directly, as
+    cp does: renaming over it would replace the device with a file."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as e:
+        raise InputError(f"cannot use {path} as output: {e.strerror}") from None
+    if mode is not None and stat.S_ISDIR(mode):
         raise InputError(f"{path} is a directory")
+    if mode is not None and not stat.S_ISREG(mode):
+        try:
+            with open(path, "wb") as device:
+                yield device
+        except OSError as e:
+            raise InputError(f"cannot write to {path}: {e.strerror}") from None
+        return
+    if mode is not None and not force:
+        raise InputError(f"{path} already exists (use --force to overwrite)")
     directory = path.parent if str(path.parent) else Path(".")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=directory)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -138,7 +141,29 @@ def test_bad_inputs(store: Store, tmp_path: Path) -> None:
         add_file(store, tmp_path)
     secret = write_file(tmp_path / "secret", 10)
     secret.chmod(0)
-    import os
     if os.geteuid() != 0:  # root reads anything
         with pytest.raises(InputError, match="cannot read"):
             add_file(store, secret)
+
+
+def test_output_to_a_device_writes_through_it(store: Store, tmp_path: Path) -> None:
+    # Renaming a temporary file over /dev/null would replace the device with a file.
+    src = write_file(tmp_path / "d", 2 * MIB)
+    add_file(store, src)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    received = bytearray()
+
+    def drain() -> None:
+        with open(fifo, "rb") as f:
+            while block := f.read(MIB):
+                received.extend(block)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    restore_file(store, "d", fifo)  # no --force needed, as with cp
+    reader.join(10)
+    assert bytes(received) == src.read_bytes()
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    restore_file(store, "d", Path(os.devnull))
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)

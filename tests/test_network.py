@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import stat
 import socket
 import subprocess
 import sys
@@ -108,6 +110,10 @@ def test_short_lived_node_with_bootstrap_and_unknown_name(tmp_path: Path) -> Non
                        "--json", home=home, check=True)
         assert json.loads(proc.stdout)["chunks_fetched"] > 0
         assert file_hash(tmp_path / "doc.out") == file_hash(src)
+        # a device as output is written through, never replaced by a file
+        run_cli("get", "doc.bin", "-o", os.devnull, "--bootstrap", boot, home=tmp_path / "dev",
+                check=True)
+        assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
 
         started = time.monotonic()
         proc = run_cli("get", "no-such-file", "-o", str(tmp_path / "x"), "--bootstrap", boot,
