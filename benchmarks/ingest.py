@@ -42,7 +42,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from array import array
 from collections.abc import Iterable, Sequence
@@ -50,6 +49,8 @@ from dataclasses import asdict, dataclass, field
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
+
+from chunkstore.procstats import RssSampler
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -201,37 +202,6 @@ class Run:
     def mbps_synced(self) -> float:
         """Throughput counting the write-back: comparable between tools that fsync and not."""
         return self.nbytes / MB / (self.wall_s + self.sync_s)
-
-
-class RssSampler(threading.Thread):
-    """Polls /proc/PID/status for the child's VmHWM and its anonymous / file-backed split.
-
-    The split tells whether memory is the process's own buffers or pages of a mapped file
-    (which the kernel can drop at will). VmHWM belongs to the exec'd program's own address
-    space, so it is a clean (if up to one interval late) peak when ru_maxrss is not usable."""
-
-    def __init__(self, pid: int, interval: float = 0.01) -> None:
-        super().__init__(daemon=True)
-        self.path = f"/proc/{pid}/status"
-        self.interval = interval
-        self.hwm = self.anon = self.file = 0
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop_event.is_set():
-            try:
-                with open(self.path) as f:
-                    fields = dict(line.split(":", 1) for line in f if ":" in line)
-            except OSError:
-                return
-            self.hwm = max(self.hwm, int(fields.get("VmHWM", "0 kB").split()[0]))
-            self.anon = max(self.anon, int(fields.get("RssAnon", "0 kB").split()[0]))
-            self.file = max(self.file, int(fields.get("RssFile", "0 kB").split()[0]))
-            self._stop_event.wait(self.interval)
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join()
 
 
 def run_measured(cmd: Sequence[str | os.PathLike[str]], *, nbytes: int, log: Path,

@@ -57,6 +57,7 @@ from chunkstore.demo import generate_file
 from chunkstore.errors import ChunkstoreError, InputError
 from chunkstore.localswarm import LocalNode, LocalSwarm, node_stats, providers_of
 from chunkstore.node import CONTACTS_FILE, NODE_FILE
+from chunkstore.procstats import RssSampler
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -394,33 +395,6 @@ def file_hash(path: Path) -> str:
 # Measuring one downloading process
 # ---------------------------------------------------------------------------------------------
 
-class _RssSampler(threading.Thread):
-    """Polls /proc/PID/status for VmHWM: a peak (up to one interval late) of the exec'd image."""
-
-    def __init__(self, pid: int, interval: float = 0.02) -> None:
-        super().__init__(daemon=True)
-        self.path = f"/proc/{pid}/status"
-        self.interval = interval
-        self.hwm = 0
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop_event.is_set():
-            try:
-                with open(self.path) as f:
-                    for line in f:
-                        if line.startswith("VmHWM:"):
-                            self.hwm = max(self.hwm, int(line.split()[1]))
-                            break
-            except (OSError, ValueError):
-                return
-            self._stop_event.wait(self.interval)
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join()
-
-
 @dataclass(frozen=True)
 class _Run:
     wall_s: float
@@ -439,7 +413,7 @@ def _run_measured(argv: Sequence[str], log: Path, timeout: float) -> _Run:
         err.flush()
         start = time.perf_counter()
         proc = subprocess.Popen(list(argv), stdout=out, stderr=err, stdin=subprocess.DEVNULL)
-        sampler = _RssSampler(proc.pid)
+        sampler = RssSampler(proc.pid)
         sampler.start()
         timer = threading.Timer(timeout, proc.kill)
         timer.start()
