@@ -496,7 +496,8 @@ class DhtNode:
         nodes = [Node(i, a[0], a[1]) for i, a in zip(ids, resolved) if i is not None]
         if not nodes:
             if addrs:
-                log.warning("none of %d bootstrap contacts answered", len(addrs))
+                # The caller decides whether that matters (serve waits for peers, a get fails).
+                log.info("none of %d bootstrap contacts answered", len(addrs))
             return 0
         spider = NodeSpiderCrawl(
             self.protocol, self._server.node, nodes, self._server.ksize, self._server.alpha

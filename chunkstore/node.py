@@ -87,9 +87,17 @@ class Node:
         if other is not None and other.pid != os.getpid():
             raise InputError(f"a node (pid {other.pid}) already serves {self.home}")
         saved = load_contacts(self.home / CONTACTS_FILE)
-        await self.transfer.start(self.host, self.port)
-        await self.dht.start(self.host, self.port, self.bootstrap + saved)
-        api_port = await self._start_api()
+        try:
+            await self.transfer.start(self.host, self.port)
+            joined = await self.dht.start(self.host, self.port, self.bootstrap + saved)
+            api_port = await self._start_api()
+        except BaseException:
+            await self.transfer.stop()  # whatever started: nothing left listening
+            await self.dht.stop()
+            raise
+        if self.bootstrap and not joined:
+            log.warning("none of the bootstrap nodes answered; serving alone until peers "
+                        "contact this node")
         self.info = NodeInfo(pid=os.getpid(), host=self.host, dht_port=self.dht.port,
                              transfer_port=self.transfer.port,
                              api_url=f"http://127.0.0.1:{api_port}")
