@@ -36,6 +36,8 @@ FLUSH_BYTES = 8 * 1024 * 1024
 FLUSH_SECONDS = 0.5
 WINDOW_MAX = 8
 MAX_IN_FLIGHT = 24
+# A get with no chunk delivered for this long stops, reporting what is missing.
+STALL_SECONDS = 120.0
 # With this many holders of the manifest, holders of single chunks are not looked up.
 ENOUGH_SOURCES = 4
 # Holder lookups for single chunks run in the background with this much concurrency.
@@ -203,11 +205,14 @@ class _ChunkFetch:
         wanted = self.units and len(manifest_holders) < ENOUGH_SOURCES
         lookups = asyncio.create_task(self.lookup_holders()) if wanted else None
         refreshes_left = 1
+        last_progress = loop.time()
         tasks: dict[asyncio.Task, Request] = {}
         by_request: dict[Request, asyncio.Task] = {}
         try:
             while not sched.done:
                 now = loop.time()
+                if now - last_progress > STALL_SECONDS:
+                    break  # peers answer but deliver nothing (e.g. busy for ever): give up
                 for req in sched.overdue(now):
                     task = by_request.pop(req, None)
                     if task is not None:
@@ -247,6 +252,7 @@ class _ChunkFetch:
                         cid = self.units[req.index]
                         if cid not in self.accepted:  # endgame copies may both arrive
                             self.fetched_bytes += self._accept(cid, *payload)
+                            last_progress = now
                         for dup in sched.on_success(req, now):
                             dup_task = by_request.pop(dup, None)
                             if dup_task is not None:
