@@ -19,7 +19,6 @@ from aiohttp import web
 from chunkstore.dht import DhtNode, dht_key, load_contacts
 from chunkstore.errors import ChunkstoreError, InputError
 from chunkstore.objectid import looks_like_id
-from chunkstore.ratelimit import TokenBucket, acquire
 from chunkstore.store import KIND_MANIFEST, Store, pid_alive
 from chunkstore.transfer import TransferServer
 
@@ -27,13 +26,8 @@ log = logging.getLogger(__name__)
 
 NODE_FILE = "node.json"
 CONTACTS_FILE = "contacts.json"
-ANNOUNCE_BATCH = 64
+ANNOUNCE_BATCH = 256
 ANNOUNCE_CONCURRENCY = 16
-# Chunk records announced per second at most. Each announce is a DHT lookup plus a STORE on
-# ~20 nodes: unpaced, a node that had just fetched 512 MiB spent ~0.7 CPU-s announcing its
-# chunks while the transfer ran, and its peers as much answering. Manifest records (which a
-# get uses first) are not paced.
-CHUNK_ANNOUNCES_PER_SECOND = 64.0
 # Provider records live 24 h on other nodes (providers.py): re-announce well before.
 REANNOUNCE_SECONDS = 6 * 3600.0
 SAVE_CONTACTS_SECONDS = 60.0
@@ -86,7 +80,6 @@ class Node:
         self._published: dict[str, bytes] = {}
         self.info: NodeInfo | None = None
         self.announced = 0
-        self._chunk_pace = TokenBucket(CHUNK_ANNOUNCES_PER_SECOND, ANNOUNCE_BATCH)
 
     # -- life cycle -------------------------------------------------------------------------
     async def start(self) -> NodeInfo:
@@ -138,9 +131,6 @@ class Node:
     async def announce_pending(self) -> int:
         """Announce one batch of the store's announce queue; returns how many ids."""
         items = self.store.pending_announces(ANNOUNCE_BATCH)
-        chunks = sum(1 for _, kind in items if kind != KIND_MANIFEST)
-        if chunks:
-            await acquire(self._chunk_pace, chunks)
         if items:
             await self.dht.announce_many([dht_key(oid) for oid, _ in items],
                                          self.transfer.port, concurrency=ANNOUNCE_CONCURRENCY)
