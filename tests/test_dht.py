@@ -9,13 +9,8 @@ import pytest
 import umsgpack
 from kademlia.network import Server
 
-from chunkstore.dht import (
-    MAX_HOLDERS_PER_ANSWER,
-    DhtNode,
-    dht_key,
-    load_contacts,
-    name_key,
-)
+from chunkstore.dht import DhtNode, dht_key, load_contacts, name_key
+from chunkstore.protocol import MAX_HOLDERS_PER_ANSWER
 from chunkstore.errors import InputError, NetworkError
 from chunkstore.providers import Holder
 

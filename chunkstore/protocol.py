@@ -1,0 +1,310 @@
+"""The DHT wire protocol: kademlia's RPCs plus add_provider / get_providers.
+
+`ChunkstoreProtocol` subclasses kademlia's protocol (as the package invites) and keeps the
+stock RPCs wire-compatible; every argument from the network is validated, and a request
+that fails validation is logged and dropped unanswered. `DhtNode` (dht.py) drives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from typing import Any, Callable
+
+from kademlia.node import Node
+from kademlia.protocol import KademliaProtocol
+from kademlia.storage import ForgetfulStorage
+from rpcudp.exceptions import MalformedMessage
+from rpcudp.protocol import RPCProtocol
+
+from chunkstore.providers import Holder, ProviderStore
+
+log = logging.getLogger(__name__)
+
+DHT_KEY_SIZE = 20
+# Stock rpcudp waits 5 s per request; every dead contact a lookup meets then costs 5 s. 1 s
+# is still several round trips on a slow WAN link.
+DEFAULT_RPC_TIMEOUT = 1.0
+# Keeps a get_providers answer far below the 8 KB datagram budget (~40 bytes per entry).
+MAX_HOLDERS_PER_ANSWER = 32
+# How long a node that did not answer is skipped without sending to it: live nodes keep
+# advertising dead ones, and each would otherwise cost a full RPC timeout per lookup.
+FAILED_NODE_QUARANTINE = 30.0
+MAX_QUARANTINED = 4096
+MAX_NAME_RECORDS = 100_000
+# A stored value must fit, with its key, in one request when we hand it on to another node
+# (rpcudp refuses requests over 8 KB); names only need 64 hex characters today.
+MAX_VALUE_BYTES = 4096
+
+INVALID = object()
+
+
+
+class BadRequest(Exception):
+    """A request whose arguments are refused; it is logged and dropped unanswered."""
+
+
+def is_key(value: object) -> bool:
+    return isinstance(value, bytes) and len(value) == DHT_KEY_SIZE
+
+
+def is_port(value: object) -> bool:
+    return type(value) is int and 1 <= value <= 65535
+
+
+def is_ip(value: object) -> bool:
+    # Hostnames are refused: sendto() would resolve them with a blocking DNS call on the loop.
+    if not isinstance(value, str):
+        return False
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def is_dht_value(value: object) -> bool:
+    # the types stock `Server.set` accepts, small enough to forward
+    if type(value) in (int, float, bool):
+        return True
+    return type(value) in (str, bytes) and len(value) <= MAX_VALUE_BYTES
+
+
+def parse_nodes(raw: object, limit: int) -> list[tuple[bytes, str, int]] | object:
+    """Node triples from an answer, dropping malformed entries; INVALID if not a list."""
+    if not isinstance(raw, list):
+        return INVALID
+    nodes = []
+    for item in raw[:limit]:
+        if isinstance(item, list) and len(item) == 3:
+            node_id, ip, port = item
+            if is_key(node_id) and is_ip(ip) and is_port(port):
+                nodes.append((node_id, ip, port))
+    return nodes
+
+
+class NameStorage(ForgetfulStorage):
+    """The stock name-record storage with a cap on the number of records (oldest go first),
+    so peers storing junk cannot grow our memory without bound."""
+
+    def __init__(self, ttl: float = 604800, max_items: int = MAX_NAME_RECORDS) -> None:
+        super().__init__(ttl)
+        self.max_items = max_items
+
+    def __setitem__(self, key: bytes, value: Any) -> None:
+        super().__setitem__(key, value)
+        while len(self.data) > self.max_items:
+            self.data.popitem(last=False)
+
+
+class ChunkstoreProtocol(KademliaProtocol):
+    """Kademlia's protocol plus provider records, with hardened request handling.
+
+    Stock RPCs (ping, store, find_node, find_value) keep their wire format. Added RPCs:
+    - add_provider(nodeid, key, transfer_port) -> True: records the *sender's observed address*
+      with `transfer_port` as a holder of `key`;
+    - get_providers(nodeid, key) -> {"providers": [[host, port], ...], "nodes": [[id, ip, port]]}.
+    A request with malformed arguments is dropped unanswered; a datagram that does not decode
+    is dropped; neither ever raises into the event loop.
+    """
+
+    def __init__(
+        self,
+        source_node: Node,
+        storage: Any,
+        ksize: int,
+        providers: ProviderStore | None = None,
+        wait_timeout: float = DEFAULT_RPC_TIMEOUT,
+    ) -> None:
+        super().__init__(source_node, storage, ksize)
+        # KademliaProtocol calls RPCProtocol.__init__() without arguments, i.e. with rpcudp's
+        # 5 s default; run it again with ours (nothing is connected or pending yet).
+        RPCProtocol.__init__(self, wait_timeout=wait_timeout)
+        self.providers = providers if providers is not None else ProviderStore()
+        self._quarantine: dict[tuple[str, int], float] = {}
+
+    # --- incoming datagrams -------------------------------------------------------------
+
+    async def _solve_datagram(self, datagram: bytes, address: tuple) -> None:
+        # rpcudp decodes in a fire-and-forget task: garbage would end it with an exception
+        # nobody retrieves. Log and drop instead.
+        try:
+            await super()._solve_datagram(datagram, address)
+        except Exception as exc:  # noqa: BLE001 - any decoding failure means "drop it"
+            log.debug("dropped undecodable datagram from %s: %r", address, exc)
+
+    async def _accept_request(self, msg_id: bytes, data: Any, address: tuple) -> None:
+        try:
+            await super()._accept_request(msg_id, data, address)
+        except Exception as exc:  # noqa: BLE001 - wrong arity/types from a peer: drop it
+            log.debug("dropped bad request from %s: %r", address, exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # rpcudp leaves pending requests to their timers; once the socket is closed nobody
+        # can answer, so settle them now rather than leave timers behind a stopped node.
+        for future, timer in list(self._outstanding.values()):
+            timer.cancel()
+            if not future.done():
+                future.set_result((False, None))
+        self._outstanding.clear()
+
+    def _check_request(self, sender: tuple, nodeid: object, key: object = None) -> Node:
+        if not is_key(nodeid):
+            raise BadRequest("node id must be 20 bytes")
+        if key is not None and not is_key(key):
+            raise BadRequest("key must be 20 bytes")
+        # it talks to us, so it is alive whatever an earlier timeout said
+        self._quarantine.pop((sender[0], sender[1]), None)
+        return Node(nodeid, sender[0], sender[1])
+
+    def rpc_ping(self, sender: tuple, nodeid: bytes) -> bytes:
+        self._check_request(sender, nodeid)
+        return super().rpc_ping(sender, nodeid)
+
+    def rpc_store(self, sender: tuple, nodeid: bytes, key: bytes, value: Any) -> bool:
+        self._check_request(sender, nodeid, key)
+        if not is_dht_value(value):
+            raise BadRequest(f"value must be int, float, bool, str or bytes <= {MAX_VALUE_BYTES}")
+        return super().rpc_store(sender, nodeid, key, value)
+
+    def rpc_find_node(self, sender: tuple, nodeid: bytes, key: bytes) -> list:
+        self._check_request(sender, nodeid, key)
+        return super().rpc_find_node(sender, nodeid, key)
+
+    def rpc_find_value(self, sender: tuple, nodeid: bytes, key: bytes) -> Any:
+        self._check_request(sender, nodeid, key)
+        return super().rpc_find_value(sender, nodeid, key)
+
+    def rpc_add_provider(
+        self, sender: tuple, nodeid: bytes, key: bytes, transfer_port: int
+    ) -> bool:
+        source = self._check_request(sender, nodeid, key)
+        if not is_port(transfer_port):
+            raise BadRequest("transfer port must be an int in 1..65535")
+        self.welcome_if_new(source)
+        # Only the observed source address is recorded: a request cannot name another host,
+        # so nobody can aim downloaders at a third party.
+        self.providers.add(key, Holder(sender[0], transfer_port), time.monotonic())
+        return True
+
+    def rpc_get_providers(self, sender: tuple, nodeid: bytes, key: bytes) -> dict:
+        source = self._check_request(sender, nodeid, key)
+        self.welcome_if_new(source)
+        holders = self.providers.get(key, time.monotonic())[:MAX_HOLDERS_PER_ANSWER]
+        neighbors = self.router.find_neighbors(Node(key), exclude=source)
+        return {
+            "providers": [[h.host, h.port] for h in holders],
+            "nodes": [list(n) for n in neighbors],
+        }
+
+    # --- outgoing requests --------------------------------------------------------------
+
+    async def _request(self, address: tuple[str, int], rpc: str, *args: Any) -> tuple[bool, Any]:
+        """Send one request; (False, None) on timeout or when the socket is closed."""
+        if self.transport is None or self.transport.is_closing():
+            return (False, None)
+        # rpcudp's __getattr__ turns an unknown attribute into a remote call of rpc_<name>.
+        try:
+            future = getattr(self, rpc)(address, *args)
+        except MalformedMessage as exc:  # request over 8 KB: a bug or an oversized value
+            log.warning("not sending %s to %s: %s", rpc, address, exc)
+            return (False, None)
+        # The shield keeps a cancelled lookup from cancelling rpcudp's future, whose timer
+        # would then fail setting a result on it.
+        return await asyncio.shield(future)
+
+    async def _call(
+        self, node: Node, rpc: str, args: tuple, parse: Callable[[Any], Any]
+    ) -> tuple[bool, Any]:
+        address = (node.ip, node.port)
+        expiry = self._quarantine.get(address)
+        if expiry is not None:
+            if expiry > time.monotonic():
+                log.debug("skipping %s: no answer recently", node)
+                return (False, None)
+            del self._quarantine[address]
+        ok, answer = await self._request(address, rpc, self.source_node.id, *args)
+        if ok:
+            answer = parse(answer)
+            if answer is INVALID:
+                log.info("malformed %s answer from %s", rpc, node)
+                ok, answer = False, None
+        if not ok:
+            self._quarantine[address] = time.monotonic() + FAILED_NODE_QUARANTINE
+            while len(self._quarantine) > MAX_QUARANTINED:
+                # insertion order is expiry order: drop the oldest entry
+                del self._quarantine[next(iter(self._quarantine))]
+        # stock behaviour: add the node to the routing table on success, remove it on failure
+        return self.handle_call_response((ok, answer), node)
+
+    def _parse_node_list(self, answer: Any) -> Any:
+        return parse_nodes(answer, self.router.ksize)
+
+    def _parse_find_value(self, answer: Any) -> Any:
+        if isinstance(answer, dict):
+            value = answer.get("value", INVALID)
+            return {"value": value} if is_dht_value(value) else INVALID
+        return self._parse_node_list(answer)
+
+    def _parse_providers(self, answer: Any) -> Any:
+        if not isinstance(answer, dict):
+            return INVALID
+        raw_holders = answer.get("providers")
+        nodes = self._parse_node_list(answer.get("nodes"))
+        if not isinstance(raw_holders, list) or nodes is INVALID:
+            return INVALID
+        holders = []
+        for item in raw_holders[:MAX_HOLDERS_PER_ANSWER]:
+            if isinstance(item, list) and len(item) == 2:
+                host, port = item
+                if is_ip(host) and is_port(port):
+                    holders.append(Holder(host, port))
+        return holders, [Node(*n) for n in nodes]
+
+    async def call_ping(self, node_to_ask: Node) -> tuple[bool, Any]:
+        return await self._call(node_to_ask, "ping", (), lambda a: a if is_key(a) else INVALID)
+
+    async def call_store(self, node_to_ask: Node, key: bytes, value: Any) -> tuple[bool, Any]:
+        return await self._call(node_to_ask, "store", (key, value), lambda a: a is True)
+
+    async def call_find_node(self, node_to_ask: Node, node_to_find: Node) -> tuple[bool, Any]:
+        return await self._call(
+            node_to_ask, "find_node", (node_to_find.id,), self._parse_node_list
+        )
+
+    async def call_find_value(self, node_to_ask: Node, node_to_find: Node) -> tuple[bool, Any]:
+        return await self._call(
+            node_to_ask, "find_value", (node_to_find.id,), self._parse_find_value
+        )
+
+    async def call_add_provider(
+        self, node_to_ask: Node, key: bytes, transfer_port: int
+    ) -> tuple[bool, bool]:
+        """Ask `node_to_ask` to record us as a holder of `key`; (answered, accepted)."""
+        return await self._call(
+            node_to_ask, "add_provider", (key, transfer_port), lambda a: a is True
+        )
+
+    async def call_get_providers(
+        self, node_to_ask: Node, node_to_find: Node
+    ) -> tuple[bool, Any]:
+        """(True, (holders, closer nodes)) from `node_to_ask`, or (False, None)."""
+        return await self._call(
+            node_to_ask, "get_providers", (node_to_find.id,), self._parse_providers
+        )
+
+    async def ping_address(self, address: tuple[str, int]) -> bytes | None:
+        """The node id of whoever answers a ping at `address`, or None."""
+        ok, answer = await self._request(address, "ping", self.source_node.id)
+        return answer if ok and is_key(answer) else None
+
+    async def observed_address(self, address: tuple[str, int]) -> str | None:
+        """Our IP as the node at `address` sees it (stock `stun` RPC), or None."""
+        ok, answer = await self._request(address, "stun")
+        if ok and isinstance(answer, list) and len(answer) >= 2 and is_ip(answer[0]):
+            return answer[0]
+        return None
+
+
