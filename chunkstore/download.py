@@ -14,6 +14,7 @@ import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from chunkstore.codec import ChunkCodec
 from chunkstore.directory import Directory
@@ -24,7 +25,7 @@ from chunkstore.objectid import looks_like_id
 from chunkstore.output import atomic_output
 from chunkstore.pipeline import BackgroundWriter
 from chunkstore.providers import Holder
-from chunkstore.restore import write_manifest
+from chunkstore.restore import write_output
 from chunkstore.scheduler import DownloadScheduler, FailureKind, Request
 from chunkstore.store import Store
 from chunkstore.transfer import PeerBusy, TransferClient
@@ -294,10 +295,12 @@ def _is_file_target(path: Path) -> bool:
 
 
 async def fetch_file(store: Store, directory: Directory, client: TransferClient,
-                     name_or_id: str, output: Path | None, *, force: bool = False,
+                     name_or_id: str, output: Path | BinaryIO | None, *, force: bool = False,
                      progress: Progress | None = None,
                      on_total: Callable[[int], None] | None = None) -> FetchResult:
-    """Fetch `name_or_id` into the store and, unless `output` is None, to the file `output`.
+    """Fetch `name_or_id` into the store and to `output`: a path (a regular file is written
+    at chunk offsets as chunks arrive and renamed into place when complete), a stream
+    (written in order once every chunk is in the store), or None (the store only).
 
     Raises NotFound (unknown name, no holder of the manifest), MissingChunks (some chunks had
     no reachable holder: what was fetched stays in the store, a retry resumes), InputError
@@ -309,33 +312,24 @@ async def fetch_file(store: Store, directory: Directory, client: TransferClient,
         on_total(manifest.size)
     name = name_or_id if not looks_like_id(name_or_id) else ""
     with store.lease():
-        if output is None or not _is_file_target(output):
-            # Into the store only; a device or FIFO output is then written in order from it.
-            job = _ChunkFetch(store, directory, client, manifest_id, manifest, None,
-                              None if output is not None else progress)
-            sources = await job.run(holders)
-            if output is not None:
-                with atomic_output(output, force=force) as f:
-                    write_manifest(store, manifest, f, progress)
-        else:
+        if isinstance(output, Path) and _is_file_target(output):
             with atomic_output(output, force=force) as f:
                 os.ftruncate(f.fileno(), manifest.size)
                 job = _ChunkFetch(store, directory, client, manifest_id, manifest, f.fileno(),
                                   progress)
                 sources = await job.run(holders)
                 job.write_present()
+        else:
+            # Offsets cannot be used (a pipe, a device, stdout): fill the store, then stream.
+            job = _ChunkFetch(store, directory, client, manifest_id, manifest, None,
+                              progress if output is None else None)
+            sources = await job.run(holders)
+            if output is not None:
+                write_output(store, manifest, output, force=force, progress=progress)
         store.put_manifest(manifest, name=name or None, pin=True)
     store.sync()
+    shown = "" if output is None else str(output) if isinstance(output, Path) else "-"
     return FetchResult(name=name, manifest_id=manifest_id.hex(), size=manifest.size,
                        chunks=len(manifest.chunks), chunks_fetched=len(job.units),
                        chunks_reused=len(job.present), bytes_fetched=job.fetched_bytes,
-                       seconds=time.monotonic() - started,
-                       output=str(output) if output is not None else "", sources=sources)
-
-
-def write_fetched(store: Store, manifest_id: bytes, out, progress: Progress | None = None) -> None:
-    """Stream a fully fetched file from the store (for `-o -`, where offsets cannot be used)."""
-    manifest = store.get_manifest(manifest_id)
-    if manifest is None:
-        raise NotFound(f"manifest {manifest_id.hex()} is not in the store")
-    write_manifest(store, manifest, out, progress)
+                       seconds=time.monotonic() - started, output=shown, sources=sources)

@@ -134,7 +134,7 @@ class Node:
         if items:
             await self.dht.announce_many([dht_key(oid) for oid, _ in items],
                                          self.transfer.port, concurrency=ANNOUNCE_CONCURRENCY)
-            self.store.ack_announces(oid for oid, _ in items)
+            self.store.ack_announces(items)
             self.announced += len(items)
         await self.publish_names(any(kind == KIND_MANIFEST for _, kind in items))
         return len(items)
@@ -148,7 +148,7 @@ class Node:
     def requeue_everything(self) -> None:
         """Put every held object back in the announce queue (records expire elsewhere)."""
         self.store.queue_announce((mid for mid, _ in self.store.iter_manifests()), KIND_MANIFEST)
-        self.store.queue_announce(cid for cid, _ in self.store.iter_chunks())
+        self.store.queue_announce(self.store.chunk_ids())
         self._published.clear()
 
     async def _announce_loop(self) -> None:

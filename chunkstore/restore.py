@@ -77,6 +77,19 @@ def write_manifest(store: Store, manifest: Manifest, out: BinaryIO,
         out.seek(base + manifest.size)
 
 
+def write_output(store: Store, manifest: Manifest, output: Path | BinaryIO, *,
+                 force: bool = False, progress: Progress | None = None) -> str:
+    """Write a file whose chunks are all in the store to a path (atomically) or a stream;
+    returns how to show the output ("-" for a stream)."""
+    if isinstance(output, Path):
+        with atomic_output(output, force=force) as f:
+            write_manifest(store, manifest, f, progress)
+        return str(output)
+    write_manifest(store, manifest, output, progress)
+    output.flush()
+    return "-"
+
+
 def restore_file(store: Store, name_or_id: str, output: Path | BinaryIO, *,
                  force: bool = False, progress: Progress | None = None) -> RestoreResult:
     """Write the file `name_or_id` to `output` (a path, written atomically, or a binary stream)."""
@@ -85,13 +98,6 @@ def restore_file(store: Store, name_or_id: str, output: Path | BinaryIO, *,
     if missing:
         raise NotFound(f"{len(missing)} of {len(manifest.chunks)} chunks of {name_or_id!r} "
                        "are not in the local store")
-    if isinstance(output, Path):
-        with atomic_output(output, force=force) as f:
-            write_manifest(store, manifest, f, progress)
-        shown = str(output)
-    else:
-        write_manifest(store, manifest, output, progress)
-        output.flush()
-        shown = "-"
+    shown = write_output(store, manifest, output, force=force, progress=progress)
     return RestoreResult(manifest_id=mid.hex(), size=manifest.size,
                          chunks=len(manifest.chunks), output=shown)

@@ -9,7 +9,8 @@ Named databases:
   manifests  manifest id -> manifest bytes
   names      name (utf-8) -> manifest id
   pins       manifest id -> b"" : kept by gc even with no name (e.g. fetched by id)
-  announce   object id -> kind byte : ids to announce on the DHT when a node runs
+  announce   kind byte + object id -> b"" : ids to announce on the DHT when a node runs;
+             the kind leads the key so manifests (b"m") are read before chunks (b"c")
   leases     pid (ascii) -> b"" : writers in progress, so gc never frees their chunks
 
 LMDB serialises writers across processes and gives readers consistent snapshots, so the CLI
@@ -195,7 +196,7 @@ class Store:
                     txn.put(cid, _LENGTH.pack(len(stored)), db=self._index)
                     new += 1
                     new_bytes += len(stored)
-                    txn.put(cid, KIND_CHUNK, db=self._announce)
+                    txn.put(KIND_CHUNK + cid, b"", db=self._announce)
             return new, new_bytes
         return self._transact(body)
 
@@ -244,9 +245,9 @@ class Store:
 
         def body(txn: lmdb.Transaction) -> None:
             if txn.put(mid, data, db=self._manifests, overwrite=False) and announce:
-                txn.put(mid, KIND_MANIFEST, db=self._announce)
+                txn.put(KIND_MANIFEST + mid, b"", db=self._announce)
             elif announce and txn.get(mid, db=self._pins) is not None:
-                txn.put(mid, KIND_MANIFEST, db=self._announce)  # a finished download
+                txn.put(KIND_MANIFEST + mid, b"", db=self._announce)  # a finished download
             if key is not None:
                 txn.put(key, mid, db=self._names)
             if pin:
@@ -307,19 +308,35 @@ class Store:
 
     # -- announce queue ---------------------------------------------------------------------
     def queue_announce(self, object_ids: Iterable[bytes], kind: bytes = KIND_CHUNK) -> None:
-        ids = list(object_ids)
-        self._transact(lambda txn: [txn.put(o, kind, db=self._announce) for o in ids])
+        keys = [kind + oid for oid in object_ids]
+        self._transact(lambda txn: [txn.put(k, b"", db=self._announce) for k in keys])
 
     def pending_announces(self, limit: int) -> list[tuple[bytes, bytes]]:
-        """Up to `limit` (object id, kind) from the announce queue, manifests first."""
-        with self._read() as txn:
-            items = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=self._announce)]
-        items.sort(key=lambda kv: kv[1] != KIND_MANIFEST)
-        return items[:limit]
+        """Up to `limit` (object id, kind) from the announce queue, manifests first.
 
-    def ack_announces(self, object_ids: Iterable[bytes]) -> None:
-        ids = list(object_ids)
-        self._transact(lambda txn: [txn.delete(o, db=self._announce) for o in ids])
+        Reads only what it returns: the queue may hold every chunk of a large store."""
+        items: list[tuple[bytes, bytes]] = []
+        with self._read() as txn:
+            cursor = txn.cursor(db=self._announce)
+            for kind in (KIND_MANIFEST, KIND_CHUNK):
+                found = cursor.set_range(kind)
+                while found and len(items) < limit:
+                    key = cursor.key()
+                    if key[:1] != kind:
+                        break
+                    items.append((key[1:], kind))
+                    found = cursor.next()
+        return items
+
+    def ack_announces(self, items: Iterable[tuple[bytes, bytes]]) -> None:
+        """Drop announced (object id, kind) pairs from the queue."""
+        keys = [kind + oid for oid, kind in items]
+        self._transact(lambda txn: [txn.delete(k, db=self._announce) for k in keys])
+
+    def chunk_ids(self) -> list[bytes]:
+        """Every chunk id in the store, from the small index (no chunk is read)."""
+        with self._read() as txn:
+            return [bytes(k) for k in txn.cursor(db=self._index).iternext(values=False)]
 
     # -- leases, gc, stats ------------------------------------------------------------------
     @contextmanager
@@ -350,7 +367,7 @@ class Store:
             for cid, _ in doomed:
                 txn.delete(cid, db=self._chunks)
                 txn.delete(cid, db=self._index)
-                txn.delete(cid, db=self._announce)
+                txn.delete(KIND_CHUNK + cid, db=self._announce)
             return GcResult(len(doomed), sum(n for _, n in doomed))
         result = self._transact(body)
         self.sync()

@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 from chunkstore.dht import DhtNode
 from chunkstore.directory import DhtDirectory, Directory, NodeApiDirectory
-from chunkstore.download import Progress, fetch_file, write_fetched
+from chunkstore.download import Progress, fetch_file
 from chunkstore.fetchresult import FetchResult
 from chunkstore.errors import InputError
 from chunkstore.node import Node, NodeInfo, running_node
@@ -67,14 +67,8 @@ async def fetch(store: Store, name_or_id: str, output: Path | BinaryIO | None, *
     """Fetch a file from the swarm into the store and to `output` (path, stream or None)."""
     async with open_directory(store.home, bootstrap or []) as directory, \
             TransferClient() as client:
-        if isinstance(output, Path) or output is None:
-            return await fetch_file(store, directory, client, name_or_id, output, force=force,
-                                    progress=progress, on_total=on_total)
-        result = await fetch_file(store, directory, client, name_or_id, None, on_total=on_total)
-    write_fetched(store, bytes.fromhex(result.manifest_id), output, progress)
-    output.flush()
-    result.output = "-"
-    return result
+        return await fetch_file(store, directory, client, name_or_id, output, force=force,
+                                progress=progress, on_total=on_total)
 
 
 async def providers(home: Path, object_id: str,

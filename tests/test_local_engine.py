@@ -167,3 +167,14 @@ def test_output_to_a_device_writes_through_it(store: Store, tmp_path: Path) -> N
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
     restore_file(store, "d", Path(os.devnull))
     assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+
+
+def test_announce_queue_gives_manifests_first_and_drains(store: Store, tmp_path: Path) -> None:
+    result = add_file(store, write_file(tmp_path / "q", 3 * MIB), chunker=ChunkerParams.fixed(MIB))
+    first = store.pending_announces(2)
+    assert first[0] == (bytes.fromhex(result.manifest_id), b"m") and first[1][1] == b"c"
+    everything = store.pending_announces(100)
+    assert len(everything) == 1 + 3 and sorted(store.chunk_ids()) == sorted(
+        oid for oid, kind in everything if kind == b"c")
+    store.ack_announces(everything)
+    assert store.pending_announces(100) == []

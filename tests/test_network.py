@@ -146,7 +146,7 @@ def test_holder_killed_mid_transfer(tmp_path: Path) -> None:
 
 def corrupt_all_chunks(home: Path) -> None:
     with Store(home) as store:
-        ids = [cid for cid, _ in store.iter_chunks()]
+        ids = store.chunk_ids()
         for cid in ids:
             corrupt_stored_chunk(store, cid)
 
