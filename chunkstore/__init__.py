@@ -1,3 +1,50 @@
-"""chunkstore: content-addressed chunked file distribution over a Kademlia DHT."""
+"""chunkstore: content-addressed file distribution over a Kademlia DHT.
 
-__version__ = "0.1.0"
+    import chunkstore
+    chunkstore.add("bigfile.iso")                      # into ~/.chunkstore (or home=...)
+    chunkstore.get("bigfile.iso", "copy.iso")          # local, or from the swarm
+    async with chunkstore.Node(port=4100) as node:     # serve, announce, fetch
+        await node.fetch("other.iso", "other.iso")
+
+Sub-packages by layer: `objects` (formats, no I/O), `local` (the store and its operations),
+`net` (DHT, transfer, download, node), `demo` (a local swarm of `serve` processes). The
+functions here are the supported surface; the layers below may change between versions.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from chunkstore.errors import (BootstrapFailed, ChunkstoreError, CorruptChunk, CorruptManifest,
+                               InputError, MissingChunks, NetworkError, NoNetwork, NotFound,
+                               OutputExists, PeerBusy, PeerError, PeerMissing, StoreFull,
+                               TransferError, UnsafeOutputName)
+from chunkstore.local.store import Store
+from chunkstore.net.providers import Holder
+from chunkstore.objects.chunking import ChunkerParams
+from chunkstore.porcelain import add, fetch, gc, get, ls, peers, providers, rm, stat, verify
+from chunkstore.results import (AddResult, FileEntry, FileInfo, GcResult, GetResult,
+                                RemoveResult, VerifyReport)
+from chunkstore.version import __version__
+
+if TYPE_CHECKING:
+    from chunkstore.net.node import Node
+
+__all__ = [
+    "AddResult", "BootstrapFailed", "ChunkerParams", "ChunkstoreError", "CorruptChunk",
+    "CorruptManifest", "FileEntry", "FileInfo", "GcResult", "GetResult", "Holder",
+    "InputError", "MissingChunks", "NetworkError", "NoNetwork", "Node", "NotFound",
+    "OutputExists", "PeerBusy", "PeerError", "PeerMissing", "RemoveResult", "Store",
+    "StoreFull", "TransferError", "UnsafeOutputName", "VerifyReport", "__version__", "add",
+    "fetch", "gc", "get", "ls", "peers", "providers", "rm", "stat", "verify",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # Node needs the network stack (aiohttp, kademlia: ~0.3 s to import): loaded on first use,
+    # so `import chunkstore` and a local get stay fast.
+    if name == "Node":
+        from chunkstore.net.node import Node
+
+        return Node
+    raise AttributeError(f"module 'chunkstore' has no attribute {name!r}")

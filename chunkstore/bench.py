@@ -53,10 +53,10 @@ from typing import Any
 import blake3
 
 from chunkstore import __version__
-from chunkstore.demo import generate_file
+from chunkstore.demo.scenario import generate_file
 from chunkstore.errors import ChunkstoreError, InputError
-from chunkstore.localswarm import LocalNode, LocalSwarm, node_stats, providers_of
-from chunkstore.node import CONTACTS_FILE, NODE_FILE
+from chunkstore.demo.local_swarm import ServeProcess, LocalSwarm, node_stats, providers_of
+from chunkstore.net.node import CONTACTS_FILE, NODE_FILE
 from chunkstore.procstats import RssSampler
 
 KiB = 1024
@@ -587,8 +587,8 @@ class _Swarm:
         self.lab = lab
         self.where: dict[int, str | None] = {}  # node index -> namespace
 
-    def start(self, home: Path, bootstrap: list[LocalNode], upload_rate: float | None,
-              ns: str | None) -> LocalNode:
+    def start(self, home: Path, bootstrap: list[ServeProcess], upload_rate: float | None,
+              ns: str | None) -> ServeProcess:
         for stale in (CONTACTS_FILE, NODE_FILE):  # a reused home must not recall an old swarm
             (home / stale).unlink(missing_ok=True)
         addresses = [self.dht_address(n) for n in bootstrap]
@@ -600,21 +600,21 @@ class _Swarm:
         self.where[node.index] = ns
         return node
 
-    def dht_address(self, node: LocalNode) -> str:
+    def dht_address(self, node: ServeProcess) -> str:
         ns = self.where[node.index]
         return node.dht_address if ns is None else f"{self.lab.address(ns)}:{node.info.dht_port}"
 
-    def transfer_address(self, node: LocalNode) -> str:
+    def transfer_address(self, node: ServeProcess) -> str:
         ns = self.where[node.index]
         return (node.transfer_address if ns is None
                 else f"{self.lab.address(ns)}:{node.info.transfer_port}")
 
-    def _start_in(self, ns: str, home: Path, bootstrap: list[str], rate: str | None) -> LocalNode:
+    def _start_in(self, ns: str, home: Path, bootstrap: list[str], rate: str | None) -> ServeProcess:
         """LocalSwarm.start_node, inside namespace `ns` and listening on its address."""
         return self.local.start_node(bootstrap, upload_rate=rate, home=home,
                                      host=self.lab.address(ns), prefix=NetnsLab.prefix(ns))
 
-    def api(self, node: LocalNode, path: str) -> Any:
+    def api(self, node: ServeProcess, path: str) -> Any:
         ns = self.where[node.index]
         if ns is None:
             if path == "/node":
@@ -625,7 +625,7 @@ class _Swarm:
             raise BenchError(f"the local API of node {node.index} in {ns} does not answer")
         return json.loads(body)
 
-    def wait_ready(self, holders: list[LocalNode], fetcher: LocalNode, manifest_id: str,
+    def wait_ready(self, holders: list[ServeProcess], fetcher: ServeProcess, manifest_id: str,
                    objects: int) -> None:
         """Until every holder has announced its `objects` ids and the fetcher's DHT finds all
         holders of the manifest."""
@@ -845,7 +845,7 @@ class _Runner:
         fetch_home = self.work / tag / "fetcher"
         out = self.work / tag / "out.bin"
         try:
-            nodes: list[LocalNode] = []
+            nodes: list[ServeProcess] = []
             for i in range(holders):
                 ns = lab.holders[i] if lab else None
                 # In netns mode the link is the cap: no token bucket in the node.

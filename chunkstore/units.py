@@ -26,3 +26,12 @@ def parse_rate(text: str) -> float | None:
     if text.strip().lower() in ("0", "none", "off", "unlimited"):
         return None
     return float(parse_size(text))
+
+
+def format_size(n: float) -> str:
+    """Bytes for people, in binary units: 512 B, 1.5 KiB, 20.0 MiB, 3.2 GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")

@@ -1,31 +1,31 @@
 """`chunkstore` commands. Each one parses its arguments, calls the library, renders.
 
-The network stack (aiohttp, kademlia) is imported inside the commands that use it: it costs
-~0.3 s at start-up, which a local add or get of a small file should not pay."""
+Every command is a call of the public API (`chunkstore.add`, `get`, ...), which imports the
+network stack (aiohttp, kademlia: ~0.3 s) only when a command needs the network. What is
+here: options, progress bars, output lines, and the flags an error message can point to."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from chunkstore import getfile
-from chunkstore.addresses import parse_address
-from chunkstore.chunking import FASTCDC, FIXED, ChunkerParams
-from chunkstore.codec import DEFAULT_LEVEL
-from chunkstore.ingest import add_file
-from chunkstore.inventory import file_info, list_files
-from chunkstore.output import safe_output_name
-from chunkstore.store import Store, default_home
-from chunkstore.tuning import tune_allocator
-from chunkstore.units import parse_rate, parse_size
-from chunkstore.verify import verify_store
-from chunkstore_cli.render import (emit, errors_as_messages, fail, human_bytes,
-                                  progress_bar, progress_callback, stderr)
+import chunkstore
+from chunkstore.local.memory import tune_allocator
+from chunkstore.local.output import safe_output_name
+from chunkstore.net.addresses import parse_address
+from chunkstore.objects.chunking import FASTCDC, FIXED
+from chunkstore.objects.codec import DEFAULT_LEVEL
+from chunkstore.units import format_size, parse_rate, parse_size
+from chunkstore_cli.render import (emit, errors_as_messages, fail, progress_bar,
+                                   progress_callback, stderr)
 
 app = typer.Typer(help="Content-addressed file distribution: add files, get them back.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -35,10 +35,6 @@ BootstrapOpt = Annotated[Optional[list[str]], typer.Option(
 HomeOpt = Annotated[Optional[Path], typer.Option(
     "--home", help="Store directory (default: $CHUNKSTORE_HOME or ~/.chunkstore).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
-
-
-def open_store(home: Optional[Path]) -> Store:
-    return Store(home)
 
 
 @app.command()
@@ -51,17 +47,16 @@ def add(path: Annotated[Path, typer.Argument(help="File to add.")],
     with errors_as_messages():
         if chunker not in (FASTCDC, FIXED):
             raise fail(f"unknown chunker {chunker!r}: choose {FASTCDC} or {FIXED}", 2)
-        params = ChunkerParams() if chunker == FASTCDC else ChunkerParams.fixed()
         size = path.stat().st_size if path.is_file() else 0
-        with open_store(home) as store, progress_bar("add", size, not json) as progress:
-            result = add_file(store, path, name=name, level=level, chunker=params,
-                              progress=progress)
+        with progress_bar("add", size, not json) as progress:
+            result = chunkstore.add(path, name=name, home=home, level=level, chunker=chunker,
+                                    progress=progress)
         emit(result, json, lambda r: [
             f"added {r.name}",
             f"  id      {r.manifest_id}",
-            f"  size    {human_bytes(r.size)} ({r.size} bytes)",
+            f"  size    {format_size(r.size)} ({r.size} bytes)",
             f"  chunks  {r.chunks} ({r.new_chunks} new, {r.dedup_chunks} deduplicated)",
-            f"  stored  {human_bytes(r.stored_bytes)} new",
+            f"  stored  {format_size(r.stored_bytes)} new",
         ])
 
 
@@ -78,14 +73,13 @@ def get(name_or_id: Annotated[str, typer.Argument(help="File name or manifest id
             target = sys.stdout.buffer
         else:
             target = Path(output) if output else Path(safe_output_name(name_or_id))
-        with open_store(home) as store, \
-                progress_bar("get", None, not json and output != "-") as bar:
-            result = getfile.get(store, name_or_id, target, bootstrap=peers, force=force,
-                                 progress=bar, on_total=bar and bar.total)
+        with progress_bar("get", None, not json and output != "-") as bar:
+            result = chunkstore.get(name_or_id, target, home=home, bootstrap=peers,
+                                    force=force, progress=bar, on_total=bar and bar.total)
         if output != "-":
             emit(result, json, lambda r: [
-                f"wrote {r.output} ({human_bytes(r.size)}, {r.chunks} chunks)",
-                *([f"fetched {human_bytes(r.bytes_fetched)} in {r.seconds:.1f} s "
+                f"wrote {r.output} ({format_size(r.size)}, {r.chunks} chunks)",
+                *([f"fetched {format_size(r.bytes_fetched)} in {r.seconds:.1f} s "
                    f"({r.throughput / 1e6:.1f} MB/s) from {len(r.sources)} peer(s), "
                    f"{r.chunks_reused} chunks already local"] if r.chunks_fetched else []),
             ])
@@ -94,13 +88,13 @@ def get(name_or_id: Annotated[str, typer.Argument(help="File name or manifest id
 @app.command("ls")
 def ls(home: HomeOpt = None, json: JsonOpt = False) -> None:
     """List the named files in the store."""
-    with errors_as_messages(), open_store(home) as store:
-        files = list_files(store)
+    with errors_as_messages():
+        files = chunkstore.ls(home=home)
         if json:
             emit([f.__dict__ for f in files], True, list)
         else:
             for f in files:
-                typer.echo(f"{f.manifest_id[:16]}  {human_bytes(f.size):>10}  {f.chunks:>6} chunks"
+                typer.echo(f"{f.manifest_id[:16]}  {format_size(f.size):>10}  {f.chunks:>6} chunks"
                            f"  {f.name}")
 
 
@@ -108,12 +102,12 @@ def ls(home: HomeOpt = None, json: JsonOpt = False) -> None:
 def stat(name: Annotated[str, typer.Argument(help="File name or manifest id.")],
          home: HomeOpt = None, json: JsonOpt = False) -> None:
     """Show one file's manifest: size, chunks, chunker, stored bytes."""
-    with errors_as_messages(), open_store(home) as store:
-        emit(file_info(store, name), json, lambda i: [
+    with errors_as_messages():
+        emit(chunkstore.stat(name, home=home), json, lambda i: [
             f"name      {i.name}", f"id        {i.manifest_id}",
-            f"size      {human_bytes(i.size)} ({i.size} bytes)",
+            f"size      {format_size(i.size)} ({i.size} bytes)",
             f"chunks    {i.chunks} ({i.chunks_present} present locally)",
-            f"chunker   {i.chunker}", f"stored    {human_bytes(i.stored_bytes)}",
+            f"chunker   {i.chunker}", f"stored    {format_size(i.stored_bytes)}",
         ])
 
 
@@ -121,10 +115,10 @@ def stat(name: Annotated[str, typer.Argument(help="File name or manifest id.")],
 def verify(name: Annotated[Optional[str], typer.Argument(help="Only this file.")] = None,
            home: HomeOpt = None, json: JsonOpt = False) -> None:
     """Re-hash every chunk; list corrupt or missing ones and exit non-zero if any."""
-    with errors_as_messages(), open_store(home) as store:
-        report = verify_store(store, name)
+    with errors_as_messages():
+        report = chunkstore.verify(name, home=home)
         emit(report, json, lambda r: [
-            f"checked {r.chunks_checked} chunks ({human_bytes(r.bytes_checked)})",
+            f"checked {r.chunks_checked} chunks ({format_size(r.bytes_checked)})",
             *[f"corrupt chunk {c}" for c in r.corrupt],
             *[f"missing chunk {c}" for c in r.missing],
             "ok" if r.ok else f"FAILED: {len(r.corrupt)} corrupt, {len(r.missing)} missing",
@@ -137,18 +131,17 @@ def verify(name: Annotated[Optional[str], typer.Argument(help="Only this file.")
 def rm(name: Annotated[str, typer.Argument(help="File name to remove.")],
        home: HomeOpt = None, json: JsonOpt = False) -> None:
     """Remove a name (its chunks are freed by gc)."""
-    with errors_as_messages(), open_store(home) as store:
-        mid = store.remove_name(name)
-        emit({"name": name, "manifest_id": mid.hex()}, json,
-             lambda r: [f"removed {r['name']} ({r['manifest_id'][:16]}); run gc to free space"])
+    with errors_as_messages():
+        emit(chunkstore.rm(name, home=home), json,
+             lambda r: [f"removed {r.name} ({r.manifest_id[:16]}); run gc to free space"])
 
 
 @app.command()
 def gc(home: HomeOpt = None, json: JsonOpt = False) -> None:
     """Delete chunks that no manifest references."""
-    with errors_as_messages(), open_store(home) as store:
-        emit(store.gc(), json, lambda r: [
-            f"deleted {r.chunks_deleted} chunks, freed {human_bytes(r.bytes_freed)}"])
+    with errors_as_messages():
+        emit(chunkstore.gc(home=home), json, lambda r: [
+            f"deleted {r.chunks_deleted} chunks, freed {format_size(r.bytes_freed)}"])
 
 
 @app.command()
@@ -160,26 +153,34 @@ def serve(host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.
               help="Cap on upload bytes/s, e.g. 25MB (default: none).")] = None,
           home: HomeOpt = None, json: JsonOpt = False) -> None:
     """Run a node until Ctrl-C: join the DHT, serve chunks, announce what the store holds."""
-    import asyncio
-
-    from chunkstore import swarm
     with errors_as_messages():
         peers = [parse_address(a) for a in bootstrap or []]
         rate = parse_rate(upload_rate) if upload_rate else None
         if not 0 <= port < 65536:
             raise fail(f"port must be 0..65535, not {port}", 2)
 
-        def ready(info) -> None:
+        def ready(node: chunkstore.Node) -> None:
             if json:
-                emit(info, True, list)
+                emit(node.info, True, list)
                 return
-            stderr.print(f"serving {info.host} dht udp/{info.dht_port} transfer "
-                         f"tcp/{info.transfer_port} (bootstrap others with --bootstrap "
-                         f"{info.dht_address()}); Ctrl-C stops", markup=False, highlight=False)
+            stderr.print(f"serving {node.host} dht udp/{node.port} transfer "
+                         f"tcp/{node.transfer_port} (bootstrap others with --bootstrap "
+                         f"{node.dht_address}); Ctrl-C stops", markup=False, highlight=False)
 
-        with open_store(home) as store:
-            asyncio.run(swarm.serve(store, host=host, port=port, bootstrap=peers,
-                                    upload_rate=rate, on_ready=ready))
+        asyncio.run(serve_until_signalled(chunkstore.Node(
+            home, host=host, port=port, bootstrap=peers, upload_rate=rate), ready))
+
+
+async def serve_until_signalled(node: chunkstore.Node,
+                                ready: Callable[[chunkstore.Node], None]) -> None:
+    """Run `node` until SIGINT or SIGTERM (the library installs no signal handlers)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with node:
+        ready(node)
+        await stop.wait()
 
 
 @app.command()
@@ -187,13 +188,9 @@ def providers(object_id: Annotated[str, typer.Argument(help="Chunk or manifest i
               bootstrap: BootstrapOpt = None, home: HomeOpt = None,
               json: JsonOpt = False) -> None:
     """List the peers the DHT knows as holders of a chunk or manifest."""
-    import asyncio
-
-    from chunkstore import swarm
     with errors_as_messages():
         peers = [parse_address(a) for a in bootstrap or []]
-        holders = asyncio.run(swarm.providers(Path(home) if home else default_home(),
-                                              object_id, peers))
+        holders = chunkstore.providers(object_id, home=home, bootstrap=peers)
         emit([{"host": h.host, "port": h.port} for h in holders], json,
              lambda hs: [f"{h['host']}:{h['port']}" for h in hs] or ["no holders found"])
 
@@ -201,11 +198,9 @@ def providers(object_id: Annotated[str, typer.Argument(help="Chunk or manifest i
 @app.command()
 def peers(home: HomeOpt = None, json: JsonOpt = False) -> None:
     """List the DHT contacts of the node serving this home."""
-    import asyncio
-
-    from chunkstore import swarm
     with errors_as_messages():
-        contacts = asyncio.run(swarm.peers(Path(home) if home else default_home()))
+        contacts = [{"host": c.host, "port": c.port, "node_id": c.node_id.hex()}
+                    for c in chunkstore.peers(home=home)]
         emit(contacts, json, lambda cs: [f"{c['host']}:{c['port']}  {c['node_id']}"
                                          for c in cs] or ["no peers"])
 
@@ -217,7 +212,7 @@ def demo(nodes: Annotated[int, typer.Option(min=3, max=32, help="Local nodes to 
              help="Upload cap per node, standing in for a peer's uplink (0: none).")] = "20MB",
          json: JsonOpt = False) -> None:
     """Start a local swarm, fetch a file from one holder and one from several, print speeds."""
-    from chunkstore.demo import run_demo
+    from chunkstore.demo.scenario import run_demo
     with errors_as_messages():
         nbytes = parse_size(size)
         rate_text = None if parse_rate(upload_rate) is None else upload_rate
@@ -237,67 +232,6 @@ def demo(nodes: Annotated[int, typer.Option(min=3, max=32, help="Local nodes to 
         ])
         if not result.identical:
             raise typer.Exit(1)
-
-
-@app.command()
-def bench(size: Annotated[str, typer.Option(help="File size.")] = "512MiB",
-          holders: Annotated[str, typer.Option(
-              help="Holder counts of the capped sweep, comma-separated.")] = "1,2,4,8",
-          rate: Annotated[str, typer.Option(
-              help="Cap per holder and per nginx mirror, bytes/s (25MB = 25*10^6 B/s); "
-                   "with --netns the tc rate of each holder's link.")] = "25MB",
-          repeat: Annotated[int, typer.Option(min=1, help="Repetitions of each point.")] = 3,
-          content: Annotated[str, typer.Option(
-              help="File: mixed (half random, half text), random (incompressible: equal "
-                   "wire bytes for chunkstore and nginx) or both.")] = "both",
-          incompressible: Annotated[bool, typer.Option(
-              "--incompressible", help="Same as --content random.")] = False,
-          uncapped_holders: Annotated[str, typer.Option(
-              help="Holder counts of the uncapped (CPU-bound) runs, or none.")] = "1,3",
-          no_aria2c: Annotated[bool, typer.Option(
-              "--no-aria2c", help="Skip the aria2c + nginx comparison.")] = False,
-          no_local: Annotated[bool, typer.Option(
-              "--no-local", help="Skip the local-get ceiling.")] = False,
-          netns: Annotated[bool, typer.Option(
-              "--netns", help="Holders and mirrors in network namespaces, links shaped by "
-                              "tc to --rate (root only).")] = False,
-          no_install: Annotated[bool, typer.Option(
-              "--no-install", help="Do not apt-get install missing aria2 / nginx-light.")] = False,
-          no_plot: Annotated[bool, typer.Option(
-              "--no-plot", help="Skip the PNG (matplotlib not needed).")] = False,
-          out: Annotated[Path, typer.Option(help="Output directory.")] = Path("benchmarks/out"),
-          workdir: Annotated[Optional[Path], typer.Option(
-              help="Make the temporary directory inside DIR.")] = None,
-          json: JsonOpt = False) -> None:
-    """Multi-source vs single-source get throughput against aria2c, with a table and a plot."""
-    from chunkstore.bench import (BenchConfig, BenchUnavailable, install_tools,
-                                  missing_tools, parse_contents, parse_counts,
-                                  render_markdown, run_bench, stop_on_signals, write_outputs)
-    with errors_as_messages():
-        cap = parse_rate(rate)
-        if cap is None:
-            raise fail("--rate must be a rate: the uncapped runs are --uncapped-holders", 2)
-        config = BenchConfig(size=parse_size(size), holders=parse_counts(holders), rate=cap,
-                             repeat=repeat, contents=parse_contents(content, incompressible),
-                             uncapped_holders=parse_counts(uncapped_holders),
-                             aria2c=not no_aria2c, local_get=not no_local, netns=netns,
-                             workdir=workdir)
-
-        def report(line: str) -> None:
-            stderr.print(line, markup=False, highlight=False)
-
-        stop_on_signals()
-        missing = missing_tools(config)
-        if missing and not no_install:
-            install_tools(missing, report)
-        try:
-            result = run_bench(config, report)
-        except BenchUnavailable as e:
-            stderr.print(f"skipped: {e}", markup=False, highlight=False)
-            return
-        paths = write_outputs(result, out, plot=not no_plot)
-        report("wrote " + ", ".join(str(p) for p in paths.values()))
-        emit(result.to_json(), json, lambda data: render_markdown(result).splitlines())
 
 
 def configure_logging() -> None:

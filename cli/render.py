@@ -15,17 +15,10 @@ from rich.console import Console
 from rich.progress import (BarColumn, DownloadColumn, Progress, TimeRemainingColumn,
                            TransferSpeedColumn)
 
-from chunkstore.errors import ChunkstoreError
+from chunkstore.errors import (BootstrapFailed, ChunkstoreError, NoNetwork, OutputExists,
+                               UnsafeOutputName)
 
 stderr = Console(stderr=True)
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"  # unreachable
 
 
 def emit(result: Any, as_json: bool, lines: Callable[[Any], list[str]]) -> None:
@@ -43,13 +36,29 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def message(e: ChunkstoreError) -> str:
+    """The library's message, with the command-line flag that is the way out where one is
+    (the library speaks of its own parameters, not of flags)."""
+    if isinstance(e, OutputExists):
+        return f"{e.path} already exists (use --force to overwrite)"
+    if isinstance(e, UnsafeOutputName):
+        return f"name {e.name!r} cannot be used as an output file name; give one with -o"
+    if isinstance(e, NoNetwork):
+        remedy = "run `chunkstore serve`" + (" or pass --bootstrap HOST:PORT"
+                                             if e.bootstrap_helps else "")
+        return f"{e.detail}: {remedy}"
+    if isinstance(e, BootstrapFailed):
+        return "none of the --bootstrap addresses answered: " + ", ".join(e.addresses)
+    return str(e)
+
+
 @contextmanager
 def errors_as_messages() -> Iterator[None]:
     """Turn the library's errors into a one-line message and an exit code, no traceback."""
     try:
         yield
     except ChunkstoreError as e:
-        raise fail(str(e)) from None
+        raise fail(message(e)) from None
     except KeyboardInterrupt:
         raise fail("interrupted", 130) from None
     except BrokenPipeError:

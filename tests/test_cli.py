@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from chunkstore.store import Store
-from chunkstore.verify import verify_store
+from chunkstore.local.store import Store
+from chunkstore.local.verify import verify_store
 from tests.helpers import MIB, corrupt_stored_chunk, file_hash, run_cli, write_file
 
 

@@ -9,10 +9,10 @@ import pytest
 import umsgpack
 from kademlia.network import Server
 
-from chunkstore.dht import DhtNode, dht_key, load_contacts, name_key
-from chunkstore.protocol import MAX_HOLDERS_PER_ANSWER
+from chunkstore.net.dht import DhtNode, dht_key, load_contacts, name_key
+from chunkstore.net.protocol import MAX_HOLDERS_PER_ANSWER
 from chunkstore.errors import InputError, NetworkError
-from chunkstore.providers import Holder
+from chunkstore.net.providers import Holder
 
 pytestmark = pytest.mark.timeout(60)
 

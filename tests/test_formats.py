@@ -7,11 +7,11 @@ import os
 
 import pytest
 
-from chunkstore.chunking import ChunkerParams, iter_chunks
-from chunkstore.codec import CODEC_RAW, CODEC_ZSTD, ChunkCodec
-from chunkstore.errors import CorruptChunk
-from chunkstore.manifest import ChunkRef, Manifest
-from chunkstore.objectid import object_id
+from chunkstore.objects.chunking import ChunkerParams, iter_chunks
+from chunkstore.objects.codec import CODEC_RAW, CODEC_ZSTD, ChunkCodec
+from chunkstore.errors import CorruptChunk, CorruptManifest
+from chunkstore.objects.manifest import ChunkRef, Manifest
+from chunkstore.objects.ids import object_id
 
 MIB = 1024 * 1024
 
@@ -68,9 +68,9 @@ def test_manifest_is_canonical_and_verified() -> None:
     assert Manifest.from_bytes(m1.to_bytes(), m1.id) == m1
     # the parameters are part of the identity
     assert Manifest(size=3, chunker=ChunkerParams.fixed(), chunks=refs).id != m1.id
-    with pytest.raises(CorruptChunk):
+    with pytest.raises(CorruptManifest):
         Manifest.from_bytes(m1.to_bytes(), object_id(b"other"))
-    with pytest.raises(CorruptChunk):
+    with pytest.raises(CorruptManifest):
         Manifest.from_bytes(b"\x93\x01\x02")
 
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from chunkstore.chunking import ChunkerParams
+import chunkstore
+from chunkstore.objects.chunking import ChunkerParams
 from chunkstore.errors import CorruptChunk, InputError, NotFound
-from chunkstore.ingest import add_file
-from chunkstore.restore import restore_file
-from chunkstore.store import Store
-from chunkstore.verify import verify_store
+from chunkstore.local.add import add_file
+from chunkstore.local.store import Store
+from chunkstore.local.verify import verify_store
 from tests.helpers import MIB, corrupt_stored_chunk, file_hash, write_file
 
 
@@ -30,7 +30,7 @@ def test_round_trip_small_sizes(store: Store, tmp_path: Path, size: int) -> None
     src = write_file(tmp_path / "in", size, seed=size)
     result = add_file(store, src)
     out = tmp_path / "out"
-    restore_file(store, result.name, out)
+    chunkstore.get(result.name, out, home=store)
     assert out.read_bytes() == src.read_bytes()
     assert result.size == size
 
@@ -39,7 +39,7 @@ def test_round_trip_exactly_one_chunk(store: Store, tmp_path: Path) -> None:
     src = write_file(tmp_path / "one", MIB)
     result = add_file(store, src, chunker=ChunkerParams.fixed(MIB))
     assert result.chunks == 1
-    restore_file(store, result.manifest_id, tmp_path / "out")
+    chunkstore.get(result.manifest_id, tmp_path / "out", home=store)
     assert (tmp_path / "out").read_bytes() == src.read_bytes()
 
 
@@ -83,15 +83,15 @@ def test_get_to_stream(store: Store, tmp_path: Path) -> None:
     src = write_file(tmp_path / "s", 2 * MIB)
     add_file(store, src)
     sink = io.BytesIO()
-    restore_file(store, "s", sink)
+    chunkstore.get("s", sink, home=store)
     assert sink.getvalue() == src.read_bytes()
 
 
 def test_unknown_name(store: Store, tmp_path: Path) -> None:
     with pytest.raises(NotFound):
-        restore_file(store, "nope", tmp_path / "out")
+        chunkstore.get("nope", tmp_path / "out", home=store)
     with pytest.raises(NotFound):
-        restore_file(store, "ab" * 32, tmp_path / "out")
+        chunkstore.get("ab" * 32, tmp_path / "out", home=store)
 
 
 def test_existing_output_refused_unless_forced(store: Store, tmp_path: Path) -> None:
@@ -100,9 +100,9 @@ def test_existing_output_refused_unless_forced(store: Store, tmp_path: Path) -> 
     out = tmp_path / "out"
     out.write_bytes(b"precious")
     with pytest.raises(InputError, match="exists"):
-        restore_file(store, "s", out)
+        chunkstore.get("s", out, home=store)
     assert out.read_bytes() == b"precious"
-    restore_file(store, "s", out, force=True)
+    chunkstore.get("s", out, force=True, home=store)
     assert out.read_bytes() == src.read_bytes()
 
 
@@ -113,7 +113,7 @@ def test_corrupt_chunk_fails_get_without_partial_output(store: Store, tmp_path: 
     bad = manifest.chunks[3].chunk_id
     corrupt_stored_chunk(store, bad)
     with pytest.raises(CorruptChunk, match=bad.hex()):
-        restore_file(store, result.name, tmp_path / "out")
+        chunkstore.get(result.name, tmp_path / "out", home=store)
     assert list(tmp_path.glob("*out*")) == []  # nothing under the final name, no temp left
     report = verify_store(store)
     assert report.corrupt == [bad.hex()] and not report.ok
@@ -129,7 +129,7 @@ def test_rm_and_gc_free_only_unreferenced_chunks(store: Store, tmp_path: Path) -
     result = store.gc()
     assert result.chunks_deleted == 4 and result.bytes_freed > 4 * MIB
     assert verify_store(store).ok
-    restore_file(store, "b", tmp_path / "b2")
+    chunkstore.get("b", tmp_path / "b2", home=store)
     assert file_hash(tmp_path / "b2") == file_hash(b)
     assert store.gc().chunks_deleted == 0
 
@@ -161,11 +161,11 @@ def test_output_to_a_device_writes_through_it(store: Store, tmp_path: Path) -> N
 
     reader = threading.Thread(target=drain)
     reader.start()
-    restore_file(store, "d", fifo)  # no --force needed, as with cp
+    chunkstore.get("d", fifo, home=store)  # no --force needed, as with cp
     reader.join(10)
     assert bytes(received) == src.read_bytes()
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
-    restore_file(store, "d", Path(os.devnull))
+    chunkstore.get("d", Path(os.devnull), home=store)
     assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
 
 

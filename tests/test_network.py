@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from kademlia.network import Server
 
-from chunkstore.ingest import add_file
-from chunkstore.localswarm import LocalSwarm, node_stats, providers_of, wait_for_providers
-from chunkstore.store import Store
+from chunkstore.local.add import add_file
+from chunkstore.demo.local_swarm import LocalSwarm, node_stats, providers_of, wait_for_providers
+from chunkstore.local.store import Store
 from tests.helpers import MIB, corrupt_stored_chunk, file_hash, run_cli, write_file
 
 pytestmark = pytest.mark.timeout(180)

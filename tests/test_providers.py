@@ -2,7 +2,7 @@
 
 import pytest
 
-from chunkstore.providers import Holder, ProviderStore
+from chunkstore.net.providers import Holder, ProviderStore
 
 K1 = b"\x01" * 20
 K2 = b"\x02" * 20

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from chunkstore.scheduler import (
+from chunkstore.net.scheduler import (
     DownloadScheduler,
     FailureKind,
     PeerState,
@@ -375,28 +375,10 @@ def test_busy_peer_backs_off_without_being_marked_down() -> None:
     assert stats[busy.pid].chunks_delivered > 10  # still used after backing off
 
 
-def test_resume_never_requests_done_chunks() -> None:
-    sizes = [64 * KIB + i for i in range(200)]
-    already = set(random.Random(3).sample(range(200), 120))
-    sched = DownloadScheduler(sizes)
-    for i in already:
-        assert sched.mark_done(i) == []
-    assert sched.remaining == 80
-    sim = Simulation(sched, sizes, [peer(1, 10 * MB), peer(2, 10 * MB)]).run()
-    assert sched.done
-    assert not any(r.index in already for _, r in sim.issued)
-    assert set(sim.successes) == set(range(200)) - already
-    assert sum(s.bytes_delivered for s in sched.peer_stats().values()) == \
-        sum(sizes[i] for i in range(200) if i not in already)
-
-
-def test_everything_done_already() -> None:
-    sched = DownloadScheduler([10, 20])
+def test_nothing_to_fetch_is_done_at_once() -> None:
+    sched = DownloadScheduler([])
     sched.add_peer_for_all(("h", 1))
-    sched.mark_done(0)
-    sched.mark_done(1)
     assert sched.done and sched.next_requests(0.0) == [] and sched.next_wakeup() is None
-    assert DownloadScheduler([]).done
 
 
 def test_holders_learned_later_from_the_dht() -> None:
@@ -526,8 +508,6 @@ def test_programming_errors_raise_value_error() -> None:
     with pytest.raises(ValueError):
         s.add_holders(3, [A])
     with pytest.raises(ValueError):
-        s.mark_done(-1)
-    with pytest.raises(ValueError):
         s.on_success(Request(7, A, 1), 0.0)
     with pytest.raises(ValueError):
         s.on_failure(Request(0, A, 1), 0.0, "timeout")  # type: ignore[arg-type]
@@ -578,17 +558,6 @@ def test_down_peer_is_probed_after_backoff_then_given_up() -> None:
     [probe] = s.next_requests(10.0)
     s.on_failure(probe, 10.5, FailureKind.ERROR)
     assert s.next_requests(1e6) == [] and s.next_wakeup() is None  # retries used up
-
-
-def test_mark_done_while_in_flight_returns_requests_to_cancel() -> None:
-    s = DownloadScheduler([100] * 3)
-    s.add_peer_for_all(A)
-    reqs = s.next_requests(0.0)
-    assert s.mark_done(reqs[0].index) == [reqs[0]]
-    assert s.mark_done(reqs[0].index) == []
-    assert s.in_flight == 1 and s.remaining == 2
-    assert s.on_success(reqs[0], 1.0) == []  # its late answer counts for nothing
-    assert s.peer_stats()[A].chunks_delivered == 0
 
 
 def test_failed_duplicate_leaves_the_other_copy_running() -> None:

@@ -17,14 +17,15 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from chunkstore.chunking import ChunkerParams
-from chunkstore.codec import ChunkCodec
-from chunkstore.ingest import add_file
-from chunkstore.manifest import Manifest
-from chunkstore.ratelimit import TokenBucket
-from chunkstore.store import Store
-from chunkstore.transfer import (IMMUTABLE, PeerBusy, PeerError, PeerMissing, TransferClient,
-                                 TransferError, TransferServer)
+from chunkstore.objects.chunking import ChunkerParams
+from chunkstore.objects.codec import ChunkCodec
+from chunkstore.local.add import add_file
+from chunkstore.objects.manifest import Manifest
+from chunkstore.net.ratelimit import TokenBucket
+from chunkstore.local.store import Store
+from chunkstore.errors import PeerBusy, PeerError, PeerMissing, TransferError
+from chunkstore.net.transfer_client import TransferClient
+from chunkstore.net.transfer_server import IMMUTABLE, TransferServer
 
 HOST = "127.0.0.1"
 CHUNK = 64 * 1024
@@ -145,7 +146,7 @@ def test_headers_head_conditional_and_health(stocked):
     cid = manifest.chunks[0].chunk_id
 
     async def main() -> None:
-        server = await serve(store, info={"node_id": "abc"})
+        server = await serve(store)
         base = f"http://{HOST}:{server.port}"
         try:
             async with aiohttp.ClientSession(auto_decompress=False) as http:
@@ -166,7 +167,7 @@ def test_headers_head_conditional_and_health(stocked):
                     assert r.status == 304
                 async with http.get(f"{base}/health") as r:
                     health = await r.json()
-                    assert health["service"] == "chunkstore" and health["node_id"] == "abc"
+                    assert health["service"] == "chunkstore"
                 async with http.delete(f"{base}/chunks/{cid.hex()}") as r:
                     assert r.status == 405
                 async with http.get(f"{base}/elsewhere") as r:

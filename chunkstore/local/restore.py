@@ -5,28 +5,19 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from chunkstore.codec import ChunkCodec
+from chunkstore.objects.codec import ChunkCodec
 from chunkstore.errors import NotFound
-from chunkstore.manifest import Manifest
-from chunkstore.output import atomic_output
-from chunkstore.pipeline import ordered_map
-from chunkstore.store import Store
+from chunkstore.objects.manifest import Manifest
+from chunkstore.local.output import Output, atomic_output
+from chunkstore.local.pipeline import ordered_map
+from chunkstore.local.store import Store
 
 Progress = Callable[[int], None]
 # Bytes restored between two releases of the store pages this process has mapped.
 RELEASE_EVERY = 16 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class RestoreResult:
-    manifest_id: str
-    size: int
-    chunks: int
-    output: str
 
 
 def _seekable_fd(out: BinaryIO) -> int | None:
@@ -38,9 +29,9 @@ def _seekable_fd(out: BinaryIO) -> int | None:
         return None
 
 
-def write_manifest(store: Store, manifest: Manifest, out: BinaryIO,
+def write_to_stream(store: Store, manifest: Manifest, out: BinaryIO,
                    progress: Progress | None = None) -> None:
-    """Write the file described by `manifest` to `out`, verifying every chunk.
+    """Write the file described by `manifest` to the stream `out`, verifying every chunk.
 
     Into a regular file the worker threads write each chunk at its offset themselves, so the
     write system calls (a large share of a restore's time) run on both cores; a pipe or
@@ -77,27 +68,14 @@ def write_manifest(store: Store, manifest: Manifest, out: BinaryIO,
         out.seek(base + manifest.size)
 
 
-def write_output(store: Store, manifest: Manifest, output: Path | BinaryIO, *,
-                 force: bool = False, progress: Progress | None = None) -> str:
+def restore(store: Store, manifest: Manifest, output: Output, *,
+            force: bool = False, progress: Progress | None = None) -> str:
     """Write a file whose chunks are all in the store to a path (atomically) or a stream;
     returns how to show the output ("-" for a stream)."""
     if isinstance(output, Path):
         with atomic_output(output, force=force) as f:
-            write_manifest(store, manifest, f, progress)
+            write_to_stream(store, manifest, f, progress)
         return str(output)
-    write_manifest(store, manifest, output, progress)
+    write_to_stream(store, manifest, output, progress)
     output.flush()
     return "-"
-
-
-def restore_file(store: Store, name_or_id: str, output: Path | BinaryIO, *,
-                 force: bool = False, progress: Progress | None = None) -> RestoreResult:
-    """Write the file `name_or_id` to `output` (a path, written atomically, or a binary stream)."""
-    mid, manifest = store.resolve(name_or_id)
-    missing = store.missing_chunks(r.chunk_id for r in manifest.chunks)
-    if missing:
-        raise NotFound(f"{len(missing)} of {len(manifest.chunks)} chunks of {name_or_id!r} "
-                       "are not in the local store")
-    shown = write_output(store, manifest, output, force=force, progress=progress)
-    return RestoreResult(manifest_id=mid.hex(), size=manifest.size,
-                         chunks=len(manifest.chunks), output=shown)

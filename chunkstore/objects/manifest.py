@@ -11,9 +11,9 @@ from typing import Iterator
 
 import msgpack
 
-from chunkstore.chunking import ChunkerParams
-from chunkstore.errors import CorruptChunk
-from chunkstore.objectid import ID_BYTES, object_id
+from chunkstore.objects.chunking import ChunkerParams
+from chunkstore.errors import CorruptManifest
+from chunkstore.objects.ids import ID_BYTES, object_id
 
 FORMAT_VERSION = 1
 MAGIC = "chunkstore-manifest"
@@ -58,12 +58,14 @@ class Manifest:
 
     @classmethod
     def from_bytes(cls, data: bytes, expected_id: bytes | None = None) -> "Manifest":
-        """Decode and validate; with `expected_id`, also check the bytes hash to it."""
-        label = expected_id.hex() if expected_id else "manifest"
+        """Decode and validate; with `expected_id`, also check the bytes hash to it.
+
+        Raises CorruptManifest saying what is wrong."""
+        label = expected_id.hex() if expected_id else "(no id given)"
         if expected_id is not None and object_id(data) != expected_id:
-            raise CorruptChunk(label, "manifest does not match its id")
+            raise CorruptManifest(label, "content does not match its id")
         if len(data) > MAX_MANIFEST_BYTES:
-            raise CorruptChunk(label, "manifest too large")
+            raise CorruptManifest(label, "too large")
         try:
             magic, version, size, chunker, chunks = msgpack.unpackb(data, raw=False)
             if magic != MAGIC:
@@ -74,9 +76,9 @@ class Manifest:
             params = ChunkerParams(kind=kind, avg_size=avg, min_size=mn, max_size=mx)
             refs = tuple(ChunkRef(bytes(cid), int(sz)) for cid, sz in chunks)
         except (ValueError, TypeError, msgpack.UnpackException) as e:
-            raise CorruptChunk(label, f"invalid manifest: {e}") from None
+            raise CorruptManifest(label, f"not decodable: {e}") from None
         if any(len(r.chunk_id) != ID_BYTES or not 0 < r.size <= params.max_size for r in refs):
-            raise CorruptChunk(label, "invalid chunk reference in manifest")
+            raise CorruptManifest(label, "invalid chunk reference")
         if sum(r.size for r in refs) != size:
-            raise CorruptChunk(label, "chunk sizes do not add up to the file size")
+            raise CorruptManifest(label, "chunk sizes do not add up to the file size")
         return cls(size=size, chunker=params, chunks=refs, version=version)

@@ -1,26 +1,34 @@
-"""Where a download learns names and holders: the DHT itself, or a running node's DHT.
+"""Lookups: where a download learns names and holders.
 
-A `get` run while `chunkstore serve` runs on the same home asks that node (over its local
-HTTP API) instead of joining the DHT itself; otherwise it starts a short-lived DHT node.
+Three ways to the DHT, tried in this order by `open_lookup`: a node running in this process
+on the same home (its DHT directly), a node serving the home from another process (over its
+local HTTP API on 127.0.0.1), else a short-lived DHT node joined through bootstrap addresses.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote
 
 import aiohttp
 
-from chunkstore.dht import DhtNode, dht_key
-from chunkstore.errors import NetworkError
-from chunkstore.objectid import looks_like_id
-from chunkstore.providers import Holder
+from chunkstore.net.dht import DhtNode, dht_key
+from chunkstore.errors import BootstrapFailed, NetworkError, NoNetwork
+from chunkstore.objects.ids import looks_like_id
+from chunkstore.net.providers import Holder
 
 # A holder list is short: a cap bounds what a hostile local API answer could make us hold.
 MAX_HOLDERS = 64
 
 
-class Directory(Protocol):
+class Lookup(Protocol):
+    """What a download needs from the DHT."""
+
     async def resolve_name(self, name: str) -> str | None:
         """The manifest id (hex) a name points at on the network, or None."""
 
@@ -28,7 +36,7 @@ class Directory(Protocol):
         """Peers announcing that they hold `object_id` (possibly empty)."""
 
 
-class DhtDirectory:
+class DhtLookup:
     """Looks things up through a DHT node running in this process."""
 
     def __init__(self, dht: DhtNode) -> None:
@@ -41,7 +49,7 @@ class DhtDirectory:
         return await self.dht.find_providers(dht_key(object_id), limit=MAX_HOLDERS)
 
 
-class NodeApiDirectory:
+class NodeApiLookup:
     """Looks things up through the local API of the node serving this home."""
 
     def __init__(self, base_url: str, timeout: float = 15.0) -> None:
@@ -83,3 +91,46 @@ class NodeApiDirectory:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+@asynccontextmanager
+async def open_lookup(home: Path, bootstrap: Sequence[tuple[str, int]]) -> AsyncIterator[Lookup]:
+    """The best lookup for `home`: its node in this process and event loop, a node serving it
+    (from another process or loop, through its local API), or a short-lived DHT node joined
+    through `bootstrap` (stopped on exit).
+
+    Raises NoNetwork when there is neither a node nor a bootstrap address, BootstrapFailed
+    when no bootstrap address answers."""
+    from chunkstore.net.node import Node, running_node
+
+    local = Node.serving(home)
+    if local is not None and local.loop is asyncio.get_running_loop():
+        yield DhtLookup(local.dht)
+        return
+    info = running_node(home)
+    if info is not None:
+        api = NodeApiLookup(info.api_url)
+        try:
+            yield api
+        finally:
+            await api.close()
+        return
+    if not bootstrap:
+        raise NoNetwork(f"no node is serving {home} and no bootstrap address was given")
+    dht = DhtNode()
+    # Stay on loopback when every peer is there (tests, the demo); else listen everywhere.
+    host = "127.0.0.1" if all(_is_loopback(h) for h, _ in bootstrap) else "0.0.0.0"
+    joined = await dht.start(host, 0, bootstrap)
+    try:
+        if not joined:
+            raise BootstrapFailed([f"{h}:{p}" for h, p in bootstrap])
+        yield DhtLookup(dht)
+    finally:
+        await dht.stop()

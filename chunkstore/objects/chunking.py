@@ -53,14 +53,6 @@ class ChunkerParams:
     def fixed(cls, size: int = 1 * MIB) -> "ChunkerParams":
         return cls(kind=FIXED, avg_size=size, min_size=size, max_size=size)
 
-    def to_record(self) -> dict[str, int | str]:
-        return {"kind": self.kind, "avg": self.avg_size, "min": self.min_size, "max": self.max_size}
-
-    @classmethod
-    def from_record(cls, record: dict) -> "ChunkerParams":
-        return cls(kind=record["kind"], avg_size=record["avg"], min_size=record["min"],
-                   max_size=record["max"])
-
 
 # Bytes read from the file at a time for content-defined chunking; must exceed max_size.
 READ_BLOCK = 8 * MIB

@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-from chunkstore.codec import ChunkCodec
+from chunkstore.objects.codec import ChunkCodec
 from chunkstore.errors import CorruptChunk
-from chunkstore.pipeline import ordered_map
-from chunkstore.store import Store
-
-
-@dataclass
-class VerifyReport:
-    chunks_checked: int = 0
-    bytes_checked: int = 0
-    corrupt: list[str] = field(default_factory=list)   # chunk ids (hex)
-    missing: list[str] = field(default_factory=list)   # referenced by a manifest, absent
-
-    @property
-    def ok(self) -> bool:
-        return not self.corrupt and not self.missing
+from chunkstore.local.pipeline import ordered_map
+from chunkstore.local.store import Store
+from chunkstore.results import VerifyReport
 
 
 def verify_store(store: Store, name_or_id: str | None = None,

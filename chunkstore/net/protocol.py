@@ -19,7 +19,7 @@ from kademlia.storage import ForgetfulStorage
 from rpcudp.exceptions import MalformedMessage
 from rpcudp.protocol import RPCProtocol
 
-from chunkstore.providers import Holder, ProviderStore
+from chunkstore.net.providers import Holder, ProviderStore
 
 log = logging.getLogger(__name__)
 

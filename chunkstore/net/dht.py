@@ -30,10 +30,10 @@ from kademlia.node import Node
 from kademlia.utils import digest
 
 from chunkstore.errors import InputError, NetworkError
-from chunkstore.objectid import ID_BYTES, looks_like_id, parse_id
-from chunkstore.protocol import (DEFAULT_RPC_TIMEOUT, DHT_KEY_SIZE, ChunkstoreProtocol, 
+from chunkstore.objects.ids import ID_BYTES, looks_like_id, parse_id
+from chunkstore.net.protocol import (DEFAULT_RPC_TIMEOUT, DHT_KEY_SIZE, ChunkstoreProtocol, 
                                  NameStorage, is_ip, is_key, is_port)
-from chunkstore.providers import Holder, ProviderStore
+from chunkstore.net.providers import Holder, ProviderStore
 
 log = logging.getLogger(__name__)
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import os
 import stat as statmod
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from chunkstore.chunking import ChunkerParams, iter_chunks
-from chunkstore.codec import DEFAULT_LEVEL, ChunkCodec
+from chunkstore.objects.chunking import ChunkerParams, iter_chunks
+from chunkstore.objects.codec import DEFAULT_LEVEL, ChunkCodec
 from chunkstore.errors import InputError
-from chunkstore.manifest import ChunkRef, Manifest
-from chunkstore.objectid import object_id
-from chunkstore.pipeline import BackgroundWriter, ordered_map
-from chunkstore.store import Store, validate_name
+from chunkstore.objects.manifest import ChunkRef, Manifest
+from chunkstore.objects.ids import object_id
+from chunkstore.local.pipeline import BackgroundWriter, ordered_map
+from chunkstore.local.store import Store, validate_name
+from chunkstore.results import AddResult
 
 # One LMDB transaction per this many stored bytes: big enough to amortise the commit,
 # small enough that a kill loses little work and memory stays flat.
@@ -26,17 +26,6 @@ INGEST_WINDOW = 16
 RELEASE_EVERY = 4 * 1024 * 1024
 
 Progress = Callable[[int], None]
-
-
-@dataclass(frozen=True)
-class AddResult:
-    name: str
-    manifest_id: str
-    size: int
-    chunks: int
-    new_chunks: int
-    dedup_chunks: int
-    stored_bytes: int  # bytes this add wrote to the store (new chunks only)
 
 
 def open_input(path: Path) -> "os.FileIO":

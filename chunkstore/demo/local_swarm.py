@@ -19,13 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chunkstore.errors import ChunkstoreError
-from chunkstore.node import NodeInfo, running_node
+from chunkstore.net.node import NodeInfo, running_node
 
 START_TIMEOUT = 20.0
 
 
 @dataclass
-class LocalNode:
+class ServeProcess:
+    """One `chunkstore serve` process of a LocalSwarm, with what its node.json says."""
+
     index: int
     home: Path
     proc: subprocess.Popen
@@ -66,7 +68,7 @@ class LocalSwarm:
         self._own_root = root is None
         self.root = Path(tempfile.mkdtemp(prefix="chunkstore-swarm-")) if root is None else root
         self.log_dir = log_dir or self.root
-        self.nodes: list[LocalNode] = []
+        self.nodes: list[ServeProcess] = []
 
     def __enter__(self) -> "LocalSwarm":
         try:
@@ -83,7 +85,7 @@ class LocalSwarm:
 
     def start_node(self, bootstrap: list[str] | None = None, *,
                    upload_rate: str | None = None, home: Path | None = None,
-                   host: str = "127.0.0.1", prefix: Sequence[str] = ()) -> LocalNode:
+                   host: str = "127.0.0.1", prefix: Sequence[str] = ()) -> ServeProcess:
         """Start one more `serve` process listening on `host` and wait until it is up.
 
         `prefix` goes before the command, e.g. `ip netns exec NAME` to run it elsewhere."""
@@ -106,11 +108,11 @@ class LocalSwarm:
                 tail = (self.log_dir / f"node{index}.log").read_text(errors="replace")[-2000:]
                 raise ChunkstoreError(f"node {index} did not start: {tail.strip()}")
             time.sleep(0.05)
-        node = LocalNode(index, home, proc, info)
+        node = ServeProcess(index, home, proc, info)
         self.nodes.append(node)
         return node
 
-    def stop_node(self, node: LocalNode, timeout: float = 10.0) -> int:
+    def stop_node(self, node: ServeProcess, timeout: float = 10.0) -> int:
         """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code."""
         if node.proc.poll() is None:
             node.proc.send_signal(signal.SIGTERM)
@@ -134,20 +136,20 @@ class LocalSwarm:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
-def node_stats(node: LocalNode) -> dict:
+def node_stats(node: ServeProcess) -> dict:
     """The node's own counters (bytes served...), from its local API."""
     with urllib.request.urlopen(node.info.api_url + "/node", timeout=5) as resp:
         return json.loads(resp.read())
 
 
-def providers_of(node: LocalNode, object_id: str) -> list[dict]:
+def providers_of(node: ServeProcess, object_id: str) -> list[dict]:
     with urllib.request.urlopen(f"{node.info.api_url}/dht/providers/{object_id}",
                                 timeout=15) as resp:
         return json.loads(resp.read())
 
 
-def wait_for_providers(node: LocalNode, object_id: str, count: int = 1, *,
-                       including: LocalNode | None = None, timeout: float = 30.0) -> list[dict]:
+def wait_for_providers(node: ServeProcess, object_id: str, count: int = 1, *,
+                       including: ServeProcess | None = None, timeout: float = 30.0) -> list[dict]:
     """Poll `node`'s DHT until `object_id` has at least `count` holders (and `including`
     among them, when given); returns the holders found, even on time-out."""
     deadline = time.monotonic() + timeout

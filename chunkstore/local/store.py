@@ -11,7 +11,7 @@ Named databases:
   pins       manifest id -> b"" : kept by gc even with no name (e.g. fetched by id)
   announce   kind byte + object id -> b"" : ids to announce on the DHT when a node runs;
              the kind leads the key so manifests (b"m") are read before chunks (b"c")
-  leases     pid (ascii) -> b"" : writers in progress, so gc never frees their chunks
+  leases     pid.n (ascii) -> b"" : writers in progress, so gc never frees their chunks
 
 LMDB serialises writers across processes and gives readers consistent snapshots, so the CLI
 and a running node can share one store. Writes use sync=False: a killed process loses nothing
@@ -21,20 +21,22 @@ consistency; `sync()` is called before success is reported.
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import lmdb
 
 from chunkstore.errors import ChunkstoreError, InputError, NotFound, StoreFull
-from chunkstore.manifest import Manifest
-from chunkstore.objectid import looks_like_id
-from chunkstore.tuning import MappedFile
+from chunkstore.objects.manifest import Manifest
+from chunkstore.objects.ids import looks_like_id
+from chunkstore.results import GcResult
+from chunkstore.local.memory import MappedFile
 
 # The map is virtual address space, not disk: Linux files stay sparse. Start large so growth
 # (which needs every transaction of this process closed) is rare, and double when full.
@@ -44,6 +46,7 @@ LOW_DISK_BYTES = 64 * 1024 * 1024
 KIND_CHUNK = b"c"
 KIND_MANIFEST = b"m"
 MAX_NAME_BYTES = 255
+DATABASES = ("chunks", "chunk_index", "manifests", "names", "pins", "announce", "leases")
 T = TypeVar("T")
 _LENGTH = struct.Struct("<I")
 
@@ -62,20 +65,6 @@ def validate_name(name: str) -> str:
     return name
 
 
-@dataclass(frozen=True)
-class StoreStats:
-    chunks: int
-    stored_bytes: int
-    manifests: int
-    names: int
-
-
-@dataclass(frozen=True)
-class GcResult:
-    chunks_deleted: int
-    bytes_freed: int
-
-
 def pid_alive(pid: int) -> bool:
     """True when a process with this id exists (on this machine)."""
     try:
@@ -87,33 +76,70 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+class _Environment:
+    """The LMDB environment of one store directory and its named databases."""
+
+    def __init__(self, path: Path) -> None:
+        # readahead=False: lookups touch a few pages each; the kernel's readahead would
+        # map 64 KiB around every one (more I/O, and RSS that grows with the store).
+        self.env = lmdb.open(str(path), map_size=INITIAL_MAP_SIZE, max_dbs=12, sync=False,
+                             max_readers=256, readahead=False)
+        self.mapped = MappedFile(str(path / "data.mdb"))
+        self.dbs = {name: self.env.open_db(name.encode()) for name in DATABASES}
+        self.handles = 0
+
+
+# LMDB must not open one environment twice in a process (closing either copy would drop the
+# other's locks), yet a program may hold a Node and call chunkstore.add on the same home:
+# every Store of a directory in this process shares one environment, closed with the last.
+_environments: dict[Path, _Environment] = {}
+_environments_lock = threading.Lock()
+_lease_numbers = itertools.count()
+_held_leases: set[bytes] = set()  # the leases this process holds now
+
+
 class Store:
     """A handle on the LMDB store of one home. Thread-safe for concurrent readers and one
-    writer thread; several processes may open the same home."""
+    writer thread; several processes may open the same home, and several handles in one
+    process share one environment. `~` in `home` is expanded."""
 
-    def __init__(self, home: Path | str | None = None) -> None:
-        self.home = Path(home) if home is not None else default_home()
+    def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
+        self.home = Path(home).expanduser() if home is not None else default_home()
         path = self.home / "store"
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            # readahead=False: lookups touch a few pages each; the kernel's readahead would
-            # map 64 KiB around every one (more I/O, and RSS that grows with the store).
-            self.env = lmdb.open(str(path), map_size=INITIAL_MAP_SIZE, max_dbs=12, sync=False,
-                                 max_readers=256, readahead=False)
-        except (OSError, lmdb.Error) as e:
-            raise InputError(f"cannot open the store at {path}: {e}") from None
-        self._mapped = MappedFile(str(path / "data.mdb"))
-        self._chunks = self.env.open_db(b"chunks")
-        self._index = self.env.open_db(b"chunk_index")
-        self._manifests = self.env.open_db(b"manifests")
-        self._names = self.env.open_db(b"names")
-        self._pins = self.env.open_db(b"pins")
-        self._announce = self.env.open_db(b"announce")
-        self._leases = self.env.open_db(b"leases")
+        with _environments_lock:
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+                key = path.resolve()
+                shared = _environments.get(key)
+                if shared is None:
+                    shared = _environments[key] = _Environment(path)
+            except (OSError, lmdb.Error) as e:
+                raise InputError(f"cannot open the store at {path}: {e}") from None
+            shared.handles += 1
+        self._key: Path | None = key
+        self.env = shared.env
+        self._mapped = shared.mapped
+        self._chunks = shared.dbs["chunks"]
+        self._index = shared.dbs["chunk_index"]
+        self._manifests = shared.dbs["manifests"]
+        self._names = shared.dbs["names"]
+        self._pins = shared.dbs["pins"]
+        self._announce = shared.dbs["announce"]
+        self._leases = shared.dbs["leases"]
 
     # -- life cycle -------------------------------------------------------------------------
     def close(self) -> None:
-        self.env.close()
+        """Let go of this handle (closing twice is harmless); the environment closes with the
+        last handle of this process."""
+        with _environments_lock:
+            key, self._key = self._key, None
+            if key is None:
+                return
+            shared = _environments[key]
+            shared.handles -= 1
+            if shared.handles == 0:
+                del _environments[key]
+                shared.env.close()
 
     def __enter__(self) -> "Store":
         return self
@@ -170,8 +196,8 @@ class Store:
 
     # -- chunks -----------------------------------------------------------------------------
     def has_chunk(self, chunk_id: bytes) -> bool:
-        # A cursor positioned on the key does not read the value: txn.get would copy (and
-        # page in) a whole MiB to answer yes or no.
+        # The small index, not `chunks`: py-lmdb would page in the whole MiB-sized value to
+        # answer yes or no.
         with self._read() as txn:
             return txn.get(chunk_id, db=self._index) is not None
 
@@ -222,14 +248,6 @@ class Store:
                 return
             yield from batch
             last = batch[-1][0]
-
-    def delete_chunks(self, chunk_ids: Iterable[bytes]) -> None:
-        ids = list(chunk_ids)
-        def body(txn: lmdb.Transaction) -> None:
-            for cid in ids:
-                txn.delete(cid, db=self._chunks)
-                txn.delete(cid, db=self._index)
-        self._transact(body)
 
     # -- manifests and names ----------------------------------------------------------------
     def put_manifest(self, manifest: Manifest, name: str | None = None, pin: bool = False,
@@ -338,23 +356,28 @@ class Store:
         with self._read() as txn:
             return [bytes(k) for k in txn.cursor(db=self._index).iternext(values=False)]
 
-    # -- leases, gc, stats ------------------------------------------------------------------
+    # -- leases and gc ----------------------------------------------------------------------
     @contextmanager
     def lease(self) -> Iterator[None]:
         """Mark this process as writing chunks not yet referenced by a manifest (gc waits)."""
-        key = str(os.getpid()).encode()
+        # One key per lease: a process may hold several at once (a Node's download and an
+        # add of the same program), and ending one must not end the others.
+        key = f"{os.getpid()}.{next(_lease_numbers)}".encode()
         self._transact(lambda txn: txn.put(key, b"", db=self._leases))
+        _held_leases.add(key)
         try:
             yield
         finally:
+            _held_leases.discard(key)
             self._transact(lambda txn: txn.delete(key, db=self._leases))
 
     def gc(self) -> GcResult:
         """Delete every chunk no manifest references; refuses while a writer is active."""
         def body(txn: lmdb.Transaction) -> GcResult:
             for key, _ in list(txn.cursor(db=self._leases)):
-                pid = int(bytes(key))
-                if pid != os.getpid() and pid_alive(pid):
+                pid = int(bytes(key).split(b".")[0])
+                held = bytes(key) in _held_leases or (pid != os.getpid() and pid_alive(pid))
+                if held:
                     raise ChunkstoreError(f"process {pid} is adding to this store; "
                                           "run gc when it has finished")
                 txn.delete(bytes(key), db=self._leases)  # left by a killed process
@@ -372,13 +395,3 @@ class Store:
         result = self._transact(body)
         self.sync()
         return result
-
-    def stats(self) -> StoreStats:
-        with self.env.begin(buffers=True) as txn:
-            chunks = stored = 0
-            for _, v in txn.cursor(db=self._index):
-                chunks += 1
-                stored += _LENGTH.unpack(v)[0]
-            return StoreStats(chunks, stored, txn.stat(self._manifests)["entries"],
-                              txn.stat(self._names)["entries"])
-

@@ -14,21 +14,21 @@ import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
-from chunkstore.codec import ChunkCodec
-from chunkstore.directory import Directory
-from chunkstore.fetchresult import FetchResult
-from chunkstore.errors import CorruptChunk, MissingChunks, NetworkError, NotFound
-from chunkstore.manifest import Manifest
-from chunkstore.objectid import looks_like_id
-from chunkstore.output import atomic_output
-from chunkstore.pipeline import BackgroundWriter
-from chunkstore.providers import Holder
-from chunkstore.restore import write_output
-from chunkstore.scheduler import DownloadScheduler, FailureKind, Request
-from chunkstore.store import Store
-from chunkstore.transfer import PeerBusy, TransferClient
+from chunkstore.objects.codec import ChunkCodec
+from chunkstore.errors import (CorruptChunk, CorruptManifest, MissingChunks, NetworkError,
+                               NotFound, PeerBusy)
+from chunkstore.net.lookup import Lookup
+from chunkstore.objects.manifest import Manifest
+from chunkstore.objects.ids import looks_like_id
+from chunkstore.local.output import Output, atomic_output
+from chunkstore.local.pipeline import BackgroundWriter
+from chunkstore.net.providers import Holder
+from chunkstore.local.restore import restore
+from chunkstore.net.scheduler import DownloadScheduler, FailureKind, Request
+from chunkstore.local.store import Store
+from chunkstore.net.transfer_client import TransferClient
+from chunkstore.results import GetResult
 
 Progress = Callable[[int], None]
 # Verified chunks are written to LMDB in batches of about this many bytes (or every
@@ -45,23 +45,23 @@ ENOUGH_SOURCES = 4
 LOOKUP_CONCURRENCY = 16
 
 
-async def resolve_manifest_id(store: Store, directory: Directory, name_or_id: str) -> bytes:
+async def resolve_manifest_id(store: Store, lookup: Lookup, name_or_id: str) -> bytes:
     """A local name, a hex id, or a name published on the DHT, to a manifest id."""
     local = store.lookup_name(name_or_id)
     if local is not None:
         return local
     if looks_like_id(name_or_id):
         return bytes.fromhex(name_or_id)
-    mid = await directory.resolve_name(name_or_id)
+    mid = await lookup.resolve_name(name_or_id)
     if mid is None:
         raise NotFound(f"no file named {name_or_id!r} locally or on the network")
     return bytes.fromhex(mid)
 
 
-async def fetch_manifest(store: Store, directory: Directory, client: TransferClient,
+async def fetch_manifest(store: Store, lookup: Lookup, client: TransferClient,
                          manifest_id: bytes) -> tuple[Manifest, list[Holder]]:
     """The manifest (local, else from a holder, verified by id) and the holders found."""
-    holders = await directory.find_providers(manifest_id)
+    holders = await lookup.find_providers(manifest_id)
     manifest = store.get_manifest(manifest_id)
     if manifest is not None:
         return manifest, holders
@@ -72,7 +72,7 @@ async def fetch_manifest(store: Store, directory: Directory, client: TransferCli
         try:
             data = await client.fetch_manifest(holder.host, holder.port, manifest_id)
             manifest = Manifest.from_bytes(data, manifest_id)
-        except (NetworkError, CorruptChunk) as e:
+        except (NetworkError, CorruptManifest) as e:
             errors.append(str(e))
             continue
         store.put_manifest(manifest, pin=True, announce=False)  # announced once complete
@@ -83,12 +83,12 @@ async def fetch_manifest(store: Store, directory: Directory, client: TransferCli
 class _ChunkFetch:
     """One download of the missing chunks of a manifest into the store and an output fd."""
 
-    def __init__(self, store: Store, directory: Directory, client: TransferClient,
+    def __init__(self, store: Store, lookup: Lookup, client: TransferClient,
                  manifest_id: bytes, manifest: Manifest, out_fd: int | None,
                  progress: Progress | None) -> None:
         self.manifest_id = manifest_id
         self.store = store
-        self.directory = directory
+        self.lookup = lookup
         self.client = client
         self.codec = ChunkCodec()
         self.out_fd = out_fd
@@ -144,7 +144,7 @@ class _ChunkFetch:
         came back since the download started."""
         if refresh:
             try:
-                for holder in await self.directory.find_providers(self.manifest_id):
+                for holder in await self.lookup.find_providers(self.manifest_id):
                     self.scheduler.add_peer_for_all(holder)
             except NetworkError:
                 pass
@@ -155,7 +155,7 @@ class _ChunkFetch:
             while queue:
                 index, cid = queue.pop()
                 try:
-                    holders = await self.directory.find_providers(cid)
+                    holders = await self.lookup.find_providers(cid)
                 except NetworkError:
                     continue
                 self.scheduler.add_holders(index, holders)
@@ -195,7 +195,8 @@ class _ChunkFetch:
             self.flush()
         return len(raw)
 
-    async def run(self, manifest_holders: list[Holder]) -> dict[str, int]:
+    async def run(self, manifest_holders: list[Holder],
+                  stall_seconds: float = STALL_SECONDS) -> dict[str, int]:
         loop = asyncio.get_running_loop()
         sched = self.scheduler
         for holder in manifest_holders:
@@ -212,7 +213,7 @@ class _ChunkFetch:
         try:
             while not sched.done:
                 now = loop.time()
-                if now - last_progress > STALL_SECONDS:
+                if now - last_progress > stall_seconds:
                     break  # peers answer but deliver nothing (e.g. busy for ever): give up
                 for req in sched.overdue(now):
                     task = by_request.pop(req, None)
@@ -294,20 +295,22 @@ def _is_file_target(path: Path) -> bool:
         return True
 
 
-async def fetch_file(store: Store, directory: Directory, client: TransferClient,
-                     name_or_id: str, output: Path | BinaryIO | None, *, force: bool = False,
+async def fetch_file(store: Store, lookup: Lookup, client: TransferClient,
+                     name_or_id: str, output: Output | None, *, force: bool = False,
                      progress: Progress | None = None,
-                     on_total: Callable[[int], None] | None = None) -> FetchResult:
+                     on_total: Callable[[int], None] | None = None,
+                     stall_seconds: float = STALL_SECONDS) -> GetResult:
     """Fetch `name_or_id` into the store and to `output`: a path (a regular file is written
     at chunk offsets as chunks arrive and renamed into place when complete), a stream
     (written in order once every chunk is in the store), or None (the store only).
 
     Raises NotFound (unknown name, no holder of the manifest), MissingChunks (some chunks had
     no reachable holder: what was fetched stays in the store, a retry resumes), InputError
-    (output exists without `force`)."""
+    (output exists without `force`). A get that receives no chunk for `stall_seconds`
+    stops with MissingChunks."""
     started = time.monotonic()
-    manifest_id = await resolve_manifest_id(store, directory, name_or_id)
-    manifest, holders = await fetch_manifest(store, directory, client, manifest_id)
+    manifest_id = await resolve_manifest_id(store, lookup, name_or_id)
+    manifest, holders = await fetch_manifest(store, lookup, client, manifest_id)
     if on_total:
         on_total(manifest.size)
     name = name_or_id if not looks_like_id(name_or_id) else ""
@@ -315,21 +318,21 @@ async def fetch_file(store: Store, directory: Directory, client: TransferClient,
         if isinstance(output, Path) and _is_file_target(output):
             with atomic_output(output, force=force) as f:
                 os.ftruncate(f.fileno(), manifest.size)
-                job = _ChunkFetch(store, directory, client, manifest_id, manifest, f.fileno(),
+                job = _ChunkFetch(store, lookup, client, manifest_id, manifest, f.fileno(),
                                   progress)
-                sources = await job.run(holders)
+                sources = await job.run(holders, stall_seconds)
                 job.write_present()
         else:
             # Offsets cannot be used (a pipe, a device, stdout): fill the store, then stream.
-            job = _ChunkFetch(store, directory, client, manifest_id, manifest, None,
+            job = _ChunkFetch(store, lookup, client, manifest_id, manifest, None,
                               progress if output is None else None)
-            sources = await job.run(holders)
+            sources = await job.run(holders, stall_seconds)
             if output is not None:
-                write_output(store, manifest, output, force=force, progress=progress)
+                restore(store, manifest, output, force=force, progress=progress)
         store.put_manifest(manifest, name=name or None, pin=True)
     store.sync()
     shown = "" if output is None else str(output) if isinstance(output, Path) else "-"
-    return FetchResult(name=name, manifest_id=manifest_id.hex(), size=manifest.size,
+    return GetResult(name=name, manifest_id=manifest_id.hex(), size=manifest.size,
                        chunks=len(manifest.chunks), chunks_fetched=len(job.units),
                        chunks_reused=len(job.present), bytes_fetched=job.fetched_bytes,
                        seconds=time.monotonic() - started, output=shown, sources=sources)

@@ -12,7 +12,7 @@ import threading
 import zstandard
 
 from chunkstore.errors import CorruptChunk
-from chunkstore.objectid import object_id
+from chunkstore.objects.ids import object_id
 
 CODEC_RAW = 0
 CODEC_ZSTD = 1

@@ -2,20 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from chunkstore.store import Store
-
-
-@dataclass(frozen=True)
-class FileInfo:
-    name: str
-    manifest_id: str
-    size: int
-    chunks: int
-    chunks_present: int
-    chunker: str
-    stored_bytes: int
+from chunkstore.local.store import Store
+from chunkstore.results import FileEntry, FileInfo
 
 
 def file_info(store: Store, name_or_id: str) -> FileInfo:
@@ -32,15 +20,8 @@ def file_info(store: Store, name_or_id: str) -> FileInfo:
                     stored_bytes=store.stored_size(ids))
 
 
-@dataclass(frozen=True)
-class FileEntry:
-    name: str
-    manifest_id: str
-    size: int
-    chunks: int
-
-
 def list_files(store: Store) -> list[FileEntry]:
+    """Every named file, in name order."""
     entries = []
     for name, mid in store.names():
         manifest = store.get_manifest(mid)

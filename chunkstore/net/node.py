@@ -1,7 +1,8 @@
 """A running chunkstore node: DHT, transfer server, announcing, and a local API.
 
-`chunkstore serve` runs one per home. It writes `node.json` in the home so that CLI commands
-on the same machine use it (its DHT, through the local API) instead of starting their own.
+One runs per home (`chunkstore serve`, or `chunkstore.Node` in a program). It writes
+`node.json` in the home so that commands on the same machine use it (its DHT, through the
+local API on 127.0.0.1) instead of starting a DHT node of their own.
 """
 
 from __future__ import annotations
@@ -11,16 +12,25 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from aiohttp import web
 
-from chunkstore.dht import DhtNode, dht_key, load_contacts
-from chunkstore.errors import ChunkstoreError, InputError
-from chunkstore.objectid import looks_like_id
-from chunkstore.store import KIND_MANIFEST, Store, pid_alive
-from chunkstore.transfer import TransferServer
+from chunkstore.errors import ChunkstoreError, InputError, NetworkError
+from chunkstore.local.output import as_output
+from chunkstore.local.store import KIND_MANIFEST, Store, pid_alive
+from chunkstore.net.addresses import parse_addresses
+from chunkstore.net.dht import Contact, DhtNode, dht_key, load_contacts
+from chunkstore.net.download import Progress, fetch_file
+from chunkstore.net.lookup import DhtLookup
+from chunkstore.net.providers import Holder
+from chunkstore.net.transfer_client import TransferClient
+from chunkstore.net.transfer_server import TransferServer
+from chunkstore.objects.ids import looks_like_id, parse_id
+from chunkstore.results import GetResult
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +59,14 @@ class NodeInfo:
         return f"{host}:{self.dht_port}"
 
 
+def _home_key(home: Path) -> Path:
+    return home.resolve()
+
+
+# The nodes running in this process, by home: a fetch on the same home goes through its DHT.
+_running: dict[Path, "Node"] = {}
+
+
 def running_node(home: Path) -> NodeInfo | None:
     """The node serving `home`, if one runs (a stale node.json is ignored)."""
     try:
@@ -60,50 +78,104 @@ def running_node(home: Path) -> NodeInfo | None:
 
 
 class Node:
-    """Runs the DHT node, the transfer server and the announce loop for one store."""
+    """A chunkstore node: the DHT, the transfer server, announcing, and a local API.
 
-    def __init__(self, store: Store, *, host: str = "0.0.0.0", port: int = 0,
-                 bootstrap: list[tuple[str, int]] | None = None,
+    Use as `async with chunkstore.Node(home, port=0) as node:`. While it runs, other nodes
+    join through `node.dht_address` (`node.port` is its DHT port; with `port=0` the OS picks
+    it), what the home holds is served and announced, and `await node.fetch(...)` gets a file
+    through this node's own DHT. `home` is a path (str or PathLike, `~` expanded), a Store,
+    or None for the default home. It installs no signal handlers: stopping it is the
+    program's business (the CLI's `serve` stops it on SIGINT / SIGTERM).
+    """
+
+    def __init__(self, home: str | os.PathLike[str] | Store | None = None, *,
+                 host: str = "0.0.0.0", port: int = 0,
+                 bootstrap: Iterable[str | tuple[str, int]] = (),
                  upload_rate: float | None = None, max_concurrent: int = 32,
                  reannounce_seconds: float = REANNOUNCE_SECONDS) -> None:
-        self.store = store
-        self.home = store.home
+        if not 0 <= port < 65536:
+            raise InputError(f"port must be 0..65535, not {port}")
+        self._own_store = not isinstance(home, Store)
+        self.store = home if isinstance(home, Store) else Store(home)
+        self.home = self.store.home
         self.host = host
-        self.port = port
-        self.bootstrap = list(bootstrap or [])
+        self.requested_port = port
+        self.bootstrap = parse_addresses(bootstrap)
         self.reannounce_seconds = reannounce_seconds
         self.dht = DhtNode()
-        self.transfer = TransferServer(store, upload_rate=upload_rate,
+        self.transfer = TransferServer(self.store, upload_rate=upload_rate,
                                        max_concurrent=max_concurrent)
         self._api_runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task] = []
         self._published: dict[str, bytes] = {}
         self.info: NodeInfo | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # the loop it runs in
         self.announced = 0
 
+    @classmethod
+    def serving(cls, home: str | os.PathLike[str]) -> "Node | None":
+        """The node running in this process on `home`, if any."""
+        return _running.get(_home_key(Path(home).expanduser()))
+
     # -- life cycle -------------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        """The DHT's UDP port: what other nodes give as bootstrap `HOST:PORT`."""
+        return self._started().dht_port
+
+    @property
+    def transfer_port(self) -> int:
+        """The TCP port chunks are served on."""
+        return self._started().transfer_port
+
+    @property
+    def dht_address(self) -> str:
+        """`HOST:PORT` for other nodes to bootstrap from (127.0.0.1 for a wildcard host)."""
+        return self._started().dht_address()
+
+    def _started(self) -> NodeInfo:
+        if self.info is None:
+            raise NetworkError("the node is not running")
+        return self.info
+
+    async def __aenter__(self) -> "Node":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
     async def start(self) -> NodeInfo:
+        """Listen, join the DHT through `bootstrap` (and the contacts saved by an earlier
+        run), and start announcing. Raises InputError when another node serves the home,
+        NetworkError when a port cannot be bound; on any failure nothing is left running."""
         other = running_node(self.home)
-        if other is not None and other.pid != os.getpid():
-            raise InputError(f"a node (pid {other.pid}) already serves {self.home}")
+        if other is not None and other.pid != os.getpid() or Node.serving(self.home):
+            pid = other.pid if other is not None else os.getpid()
+            raise InputError(f"a node (pid {pid}) already serves {self.home}")
         saved = load_contacts(self.home / CONTACTS_FILE)
         try:
-            await self.transfer.start(self.host, self.port)
-            joined = await self.dht.start(self.host, self.port, self.bootstrap + saved)
+            await self.transfer.start(self.host, self.requested_port)
+            joined = await self.dht.start(self.host, self.requested_port,
+                                          self.bootstrap + saved)
             api_port = await self._start_api()
+            self.info = NodeInfo(pid=os.getpid(), host=self.host, dht_port=self.dht.port,
+                                 transfer_port=self.transfer.port,
+                                 api_url=f"http://127.0.0.1:{api_port}")
+            tmp = self.home / (NODE_FILE + ".tmp")
+            tmp.write_text(json.dumps(asdict(self.info)))
+            os.replace(tmp, self.home / NODE_FILE)
         except BaseException:
-            await self.transfer.stop()  # whatever started: nothing left listening
-            await self.dht.stop()
+            await self._stop_listening()  # whatever started: nothing left listening
+            self.info = None
+            if self._own_store:
+                self.store.close()
             raise
         if self.bootstrap and not joined:
             log.warning("none of the bootstrap nodes answered; serving alone until peers "
                         "contact this node")
-        self.info = NodeInfo(pid=os.getpid(), host=self.host, dht_port=self.dht.port,
-                             transfer_port=self.transfer.port,
-                             api_url=f"http://127.0.0.1:{api_port}")
-        tmp = self.home / (NODE_FILE + ".tmp")
-        tmp.write_text(json.dumps(asdict(self.info)))
-        os.replace(tmp, self.home / NODE_FILE)
+        _running[_home_key(self.home)] = self
+        self.loop = asyncio.get_running_loop()
         # Records made by an earlier run name its old transfer port and may have expired:
         # announce everything again, as IPFS reprovides at start.
         self.requeue_everything()
@@ -112,20 +184,56 @@ class Node:
         return self.info
 
     async def stop(self) -> None:
+        """Stop announcing, save the routing contacts, close every socket (idempotent)."""
+        if self.info is None:
+            return
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
         try:
             self.dht.save_contacts(self.home / CONTACTS_FILE)
         except (OSError, ChunkstoreError):
             log.warning("could not save routing contacts", exc_info=True)
-        if self._api_runner is not None:
-            await self._api_runner.cleanup()
-        await self.transfer.stop()
-        await self.dht.stop()
+        await self._stop_listening()
+        if _running.get(_home_key(self.home)) is self:
+            del _running[_home_key(self.home)]
         info = running_node(self.home)
         if info is not None and info.pid == os.getpid():
             (self.home / NODE_FILE).unlink(missing_ok=True)
+        self.info = None
+        if self._own_store:
+            self.store.close()
+
+    async def _stop_listening(self) -> None:
+        if self._api_runner is not None:
+            await self._api_runner.cleanup()
+            self._api_runner = None
+        await self.transfer.stop()
+        await self.dht.stop()
+
+    # -- what a program asks of a running node ----------------------------------------------
+    async def fetch(self, name_or_id: str, output: str | os.PathLike[str] | BinaryIO | None,
+                    *, force: bool = False, progress: Progress | None = None,
+                    on_total: Callable[[int], None] | None = None) -> GetResult:
+        """Get a file through this node's DHT into its store and to `output` (a path, written
+        atomically, a binary stream, or None for the store only); this node then serves it.
+        Raises what `chunkstore.fetch` raises."""
+        self._started()
+        async with TransferClient() as client:
+            return await fetch_file(self.store, DhtLookup(self.dht), client, name_or_id,
+                                    None if output is None else as_output(output),
+                                    force=force, progress=progress, on_total=on_total)
+
+    async def providers(self, object_id: str, limit: int = 64) -> list[Holder]:
+        """The holders the DHT knows for a chunk or manifest id (hex)."""
+        self._started()
+        return await self.dht.find_providers(dht_key(parse_id(object_id)), limit=limit)
+
+    def peers(self) -> list[Contact]:
+        """The contacts in this node's routing table."""
+        self._started()
+        return self.dht.known_peers()
 
     # -- announcing -------------------------------------------------------------------------
     async def announce_pending(self) -> int:
@@ -183,8 +291,8 @@ class Node:
         app.router.add_get("/node", self._api_node)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
+        self._api_runner = runner  # before binding: a failed bind is cleaned up by stop
         await web.TCPSite(runner, "127.0.0.1", 0).start()
-        self._api_runner = runner
         return runner.addresses[0][1]
 
     async def _api_name(self, request: web.Request) -> web.Response:

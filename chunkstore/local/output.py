@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from chunkstore.errors import InputError
+from chunkstore.errors import InputError, OutputExists, UnsafeOutputName
 
 
 def safe_output_name(name: str) -> str:
@@ -19,9 +19,20 @@ def safe_output_name(name: str) -> str:
     Names come from users and from the network: one with a path separator or `..` could
     write outside the directory the user chose."""
     if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
-        raise InputError(f"name {name!r} cannot be used as an output file name; "
-                         "give one with -o")
+        raise UnsafeOutputName(name)
     return name
+
+
+Output = Path | BinaryIO
+
+
+def as_output(output: str | os.PathLike[str] | BinaryIO) -> Output:
+    """A path (from str or PathLike) or, for anything else, a binary stream to write to."""
+    if isinstance(output, (str, os.PathLike)):
+        return Path(output)
+    if not hasattr(output, "write"):
+        raise InputError(f"cannot write to {output!r}: give a path or a binary stream")
+    return output
 
 
 @contextmanager
@@ -48,7 +59,7 @@ def atomic_output(path: Path, *, force: bool = False) -> Iterator[BinaryIO]:
             raise InputError(f"cannot write to {path}: {e.strerror}") from None
         return
     if mode is not None and not force:
-        raise InputError(f"{path} already exists (use --force to overwrite)")
+        raise OutputExists(str(path))
     directory = path.parent if str(path.parent) else Path(".")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=directory)

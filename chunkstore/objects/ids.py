@@ -15,10 +15,6 @@ def object_id(data: bytes | memoryview) -> bytes:
     return blake3.blake3(data).digest()
 
 
-def to_hex(oid: bytes) -> str:
-    return oid.hex()
-
-
 def looks_like_id(text: str) -> bool:
     """True when `text` has the shape of a full hex id (it may still be unknown)."""
     if len(text) != HEX_LEN:

@@ -5,8 +5,7 @@ caller's `now` (seconds, e.g. `loop.time()`), so tests drive it with simulated t
 
 The caller's loop (the asyncio layer carries out the decisions)::
 
-    s = DownloadScheduler(chunk_sizes)
-    for i in chunks_already_in_store: s.mark_done(i)
+    s = DownloadScheduler(sizes_of_the_chunks_not_yet_in_the_store)
     s.add_peer_for_all(manifest_peer); s.add_holders(i, holders_from_dht) ...
     while not s.done:
         start every request in s.next_requests(now)
@@ -236,17 +235,6 @@ class DownloadScheduler:
 
     # ----------------------------------------------------------------- inputs: what we know
 
-    def mark_done(self, index: int) -> list[Request]:
-        """Chunk `index` is already stored (resume, or found locally); never request it.
-
-        Returns the requests for it still in flight, which the caller should cancel (normally
-        none). Marking a done chunk again does nothing.
-        """
-        self._check_index(index)
-        if self._done[index]:
-            return []
-        return self._complete(index, self._now)
-
     def add_holders(self, index: int, peers: Iterable[PeerId]) -> None:
         """`peers` hold chunk `index` (e.g. from the DHT); may be called any time, repeatedly.
 
@@ -310,8 +298,7 @@ class DownloadScheduler:
         """The requests to start now. Call after every event; returns [] when there is nothing.
 
         Each returned request is in flight from `now` until the caller reports it with
-        `on_success` or `on_failure`, or it is returned for cancellation by `on_success` /
-        `mark_done`.
+        `on_success` or `on_failure`, or it is returned for cancellation by `on_success`.
         """
         self._tick(now)
         while self._wakeups and self._wakeups[0][0] <= now:

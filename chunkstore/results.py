@@ -1,0 +1,98 @@
+"""What the public operations return: plain values, printable and JSON-serialisable.
+
+Every field is a str, int, float, bool, list or dict, so `dataclasses.asdict` of any of
+them is JSON as it stands (the CLI's `--json`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class AddResult:
+    """`chunkstore.add`: the file stored, and how much of it was new."""
+
+    name: str
+    manifest_id: str
+    size: int
+    chunks: int
+    new_chunks: int
+    dedup_chunks: int
+    stored_bytes: int  # bytes this add wrote to the store (new chunks only)
+
+
+@dataclass
+class GetResult:
+    """`chunkstore.get` / `fetch`: the file written, where its bytes came from, how fast.
+
+    A local get has `chunks_fetched == 0` and no `sources`."""
+
+    name: str
+    manifest_id: str
+    size: int
+    chunks: int
+    chunks_fetched: int       # distinct chunks that came over the network
+    chunks_reused: int        # distinct chunks already in the local store
+    bytes_fetched: int        # raw bytes that came over the network
+    seconds: float
+    output: str               # the path written, "-" for a stream, "" for the store only
+    sources: dict[str, int] = field(default_factory=dict)  # "host:port" -> raw bytes delivered
+
+    @property
+    def throughput(self) -> float:
+        """Network bytes per second (0.0 for a local get)."""
+        return self.bytes_fetched / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One named file of `chunkstore.ls`."""
+
+    name: str
+    manifest_id: str
+    size: int
+    chunks: int
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """`chunkstore.stat`: one file's manifest and how much of it is local."""
+
+    name: str
+    manifest_id: str
+    size: int
+    chunks: int
+    chunks_present: int
+    chunker: str
+    stored_bytes: int
+
+
+@dataclass
+class VerifyReport:
+    """`chunkstore.verify`: what was re-hashed, and every corrupt or missing chunk."""
+
+    chunks_checked: int = 0
+    bytes_checked: int = 0
+    corrupt: list[str] = field(default_factory=list)   # chunk ids (hex)
+    missing: list[str] = field(default_factory=list)   # referenced by a manifest, absent
+
+    @property
+    def ok(self) -> bool:
+        return not self.corrupt and not self.missing
+
+
+@dataclass(frozen=True)
+class RemoveResult:
+    """`chunkstore.rm`: the name dropped and the manifest it pointed at."""
+
+    name: str
+    manifest_id: str
+
+
+@dataclass(frozen=True)
+class GcResult:
+    """`chunkstore.gc`: chunks deleted and their stored bytes."""
+
+    chunks_deleted: int
+    bytes_freed: int
