@@ -15,16 +15,37 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from chunkstore.errors import (BootstrapFailed, ChunkstoreError, CorruptChunk, CorruptManifest,
-                               InputError, MissingChunks, NetworkError, NoNetwork, NotFound,
-                               OutputExists, PeerBusy, PeerError, PeerMissing, StoreFull,
-                               TransferError, UnsafeOutputName)
+from chunkstore.errors import (
+    BootstrapFailed,
+    ChunkstoreError,
+    CorruptChunk,
+    CorruptManifest,
+    InputError,
+    MissingChunks,
+    NetworkError,
+    NoNetwork,
+    NotFound,
+    OutputExists,
+    PeerBusy,
+    PeerError,
+    PeerMissing,
+    StoreFull,
+    TransferError,
+    UnsafeOutputName,
+)
 from chunkstore.local.store import Store
 from chunkstore.net.providers import Holder
 from chunkstore.objects.chunking import ChunkerParams
 from chunkstore.porcelain import add, fetch, gc, get, ls, peers, providers, rm, stat, verify
-from chunkstore.results import (AddResult, FileEntry, FileInfo, GcResult, GetResult,
-                                RemoveResult, VerifyReport)
+from chunkstore.results import (
+    AddResult,
+    FileEntry,
+    FileInfo,
+    GcResult,
+    GetResult,
+    RemoveResult,
+    VerifyReport,
+)
 from chunkstore.version import __version__
 
 if TYPE_CHECKING:

@@ -28,8 +28,15 @@ from chunkstore.local.verify import verify_store
 from chunkstore.net.addresses import parse_addresses
 from chunkstore.objects.chunking import FASTCDC, FIXED, ChunkerParams
 from chunkstore.objects.codec import DEFAULT_LEVEL
-from chunkstore.results import (AddResult, FileEntry, FileInfo, GcResult, GetResult,
-                                RemoveResult, VerifyReport)
+from chunkstore.results import (
+    AddResult,
+    FileEntry,
+    FileInfo,
+    GcResult,
+    GetResult,
+    RemoveResult,
+    VerifyReport,
+)
 
 if TYPE_CHECKING:
     from chunkstore.net.dht import Contact

@@ -13,7 +13,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -24,22 +24,28 @@ from chunkstore.net.addresses import parse_address
 from chunkstore.objects.chunking import FASTCDC, FIXED
 from chunkstore.objects.codec import DEFAULT_LEVEL
 from chunkstore.units import format_size, parse_rate, parse_size
-from chunkstore_cli.render import (emit, errors_as_messages, fail, progress_bar,
-                                   progress_callback, stderr)
+from chunkstore_cli.render import (
+    emit,
+    errors_as_messages,
+    fail,
+    progress_bar,
+    progress_callback,
+    stderr,
+)
 
 app = typer.Typer(help="Content-addressed file distribution: add files, get them back.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
-BootstrapOpt = Annotated[Optional[list[str]], typer.Option(
+BootstrapOpt = Annotated[list[str] | None, typer.Option(
     "--bootstrap", help="HOST:PORT of a node's DHT to join (repeatable).")]
-HomeOpt = Annotated[Optional[Path], typer.Option(
+HomeOpt = Annotated[Path | None, typer.Option(
     "--home", help="Store directory (default: $CHUNKSTORE_HOME or ~/.chunkstore).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
 
 
 @app.command()
 def add(path: Annotated[Path, typer.Argument(help="File to add.")],
-        name: Annotated[Optional[str], typer.Option(help="Name (default: file name).")] = None,
+        name: Annotated[str | None, typer.Option(help="Name (default: file name).")] = None,
         level: Annotated[int, typer.Option(min=1, max=22, help="zstd level.")] = DEFAULT_LEVEL,
         chunker: Annotated[str, typer.Option(help=f"{FASTCDC} or {FIXED}.")] = FASTCDC,
         home: HomeOpt = None, json: JsonOpt = False) -> None:
@@ -62,7 +68,7 @@ def add(path: Annotated[Path, typer.Argument(help="File to add.")],
 
 @app.command()
 def get(name_or_id: Annotated[str, typer.Argument(help="File name or manifest id.")],
-        output: Annotated[Optional[str], typer.Option(
+        output: Annotated[str | None, typer.Option(
             "-o", "--output", help="Output path, or - for stdout (default: ./NAME).")] = None,
         force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
         bootstrap: BootstrapOpt = None, home: HomeOpt = None, json: JsonOpt = False) -> None:
@@ -112,7 +118,7 @@ def stat(name: Annotated[str, typer.Argument(help="File name or manifest id.")],
 
 
 @app.command()
-def verify(name: Annotated[Optional[str], typer.Argument(help="Only this file.")] = None,
+def verify(name: Annotated[str | None, typer.Argument(help="Only this file.")] = None,
            home: HomeOpt = None, json: JsonOpt = False) -> None:
     """Re-hash every chunk; list corrupt or missing ones and exit non-zero if any."""
     with errors_as_messages():
@@ -149,7 +155,7 @@ def serve(host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.
           port: Annotated[int, typer.Option(
               help="UDP port of the DHT and TCP port of transfers (0: the OS picks).")] = 0,
           bootstrap: BootstrapOpt = None,
-          upload_rate: Annotated[Optional[str], typer.Option(
+          upload_rate: Annotated[str | None, typer.Option(
               help="Cap on upload bytes/s, e.g. 25MB (default: none).")] = None,
           home: HomeOpt = None, json: JsonOpt = False) -> None:
     """Run a node until Ctrl-C: join the DHT, serve chunks, announce what the store holds."""

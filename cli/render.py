@@ -12,11 +12,21 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.progress import (BarColumn, DownloadColumn, Progress, TimeRemainingColumn,
-                           TransferSpeedColumn)
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
-from chunkstore.errors import (BootstrapFailed, ChunkstoreError, NoNetwork, OutputExists,
-                               UnsafeOutputName)
+from chunkstore.errors import (
+    BootstrapFailed,
+    ChunkstoreError,
+    NoNetwork,
+    OutputExists,
+    UnsafeOutputName,
+)
 
 stderr = Console(stderr=True)
 

@@ -70,7 +70,7 @@ class LocalSwarm:
         self.log_dir = log_dir or self.root
         self.nodes: list[ServeProcess] = []
 
-    def __enter__(self) -> "LocalSwarm":
+    def __enter__(self) -> LocalSwarm:
         try:
             first = self.start_node()
             for _ in range(self.count - 1):
@@ -92,11 +92,10 @@ class LocalSwarm:
         index = len(self.nodes)
         home = home or self.root / f"node{index}"
         home.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_dir / f"node{index}.log", "ab")
         cmd = serve_command(home, bootstrap or [], upload_rate or self.upload_rate, host)
-        proc = subprocess.Popen([*prefix, *cmd], stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=log)
-        log.close()
+        with open(self.log_dir / f"node{index}.log", "ab") as log:
+            proc = subprocess.Popen([*prefix, *cmd], stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=log)
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             info = running_node(home)

@@ -7,13 +7,13 @@ import stat as statmod
 from collections.abc import Callable
 from pathlib import Path
 
-from chunkstore.objects.chunking import ChunkerParams, iter_chunks
-from chunkstore.objects.codec import DEFAULT_LEVEL, ChunkCodec
 from chunkstore.errors import InputError
-from chunkstore.objects.manifest import ChunkRef, Manifest
-from chunkstore.objects.ids import object_id
 from chunkstore.local.pipeline import BackgroundWriter, ordered_map
 from chunkstore.local.store import Store, validate_name
+from chunkstore.objects.chunking import ChunkerParams, iter_chunks
+from chunkstore.objects.codec import DEFAULT_LEVEL, ChunkCodec
+from chunkstore.objects.ids import object_id
+from chunkstore.objects.manifest import ChunkRef, Manifest
 from chunkstore.results import AddResult
 
 # One LMDB transaction per this many stored bytes: big enough to amortise the commit,
@@ -28,7 +28,7 @@ RELEASE_EVERY = 4 * 1024 * 1024
 Progress = Callable[[int], None]
 
 
-def open_input(path: Path) -> "os.FileIO":
+def open_input(path: Path) -> os.FileIO:
     """Open a regular file for reading, or raise InputError saying what is wrong with it."""
     try:
         st = os.stat(path)

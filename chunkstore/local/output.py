@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import tempfile
@@ -73,8 +74,6 @@ def atomic_output(path: Path, *, force: bool = False) -> Iterator[BinaryIO]:
         # for the disk (for 1 GiB, longer than the whole restore takes).
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise

@@ -8,12 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from chunkstore.objects.codec import ChunkCodec
 from chunkstore.errors import NotFound
-from chunkstore.objects.manifest import Manifest
 from chunkstore.local.output import Output, atomic_output
 from chunkstore.local.pipeline import ordered_map
 from chunkstore.local.store import Store
+from chunkstore.objects.codec import ChunkCodec
+from chunkstore.objects.manifest import Manifest
 
 Progress = Callable[[int], None]
 # Bytes restored between two releases of the store pages this process has mapped.

@@ -33,10 +33,10 @@ from typing import TypeVar
 import lmdb
 
 from chunkstore.errors import ChunkstoreError, InputError, NotFound, StoreFull
-from chunkstore.objects.manifest import Manifest
-from chunkstore.objects.ids import looks_like_id
-from chunkstore.results import GcResult
 from chunkstore.local.memory import MappedFile
+from chunkstore.objects.ids import looks_like_id
+from chunkstore.objects.manifest import Manifest
+from chunkstore.results import GcResult
 
 # The map is virtual address space, not disk: Linux files stay sparse. Start large so growth
 # (which needs every transaction of this process closed) is rare, and double when full.
@@ -141,7 +141,7 @@ class Store:
                 del _environments[key]
                 shared.env.close()
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -383,7 +383,7 @@ class Store:
                 txn.delete(bytes(key), db=self._leases)  # left by a killed process
             # One write transaction: no add can slip a manifest in meanwhile.
             referenced: set[bytes] = set()
-            for mid, data in txn.cursor(db=self._manifests):
+            for _, data in txn.cursor(db=self._manifests):
                 referenced.update(r.chunk_id for r in Manifest.from_bytes(bytes(data)).chunks)
             doomed = [(bytes(k), _LENGTH.unpack(v)[0]) for k, v in txn.cursor(db=self._index)
                       if bytes(k) not in referenced]

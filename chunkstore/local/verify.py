@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from chunkstore.objects.codec import ChunkCodec
 from chunkstore.errors import CorruptChunk
 from chunkstore.local.pipeline import ordered_map
 from chunkstore.local.store import Store
+from chunkstore.objects.codec import ChunkCodec
 from chunkstore.results import VerifyReport
 
 

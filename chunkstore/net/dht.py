@@ -30,10 +30,17 @@ from kademlia.node import Node
 from kademlia.utils import digest
 
 from chunkstore.errors import InputError, NetworkError
-from chunkstore.objects.ids import ID_BYTES, looks_like_id, parse_id
-from chunkstore.net.protocol import (DEFAULT_RPC_TIMEOUT, DHT_KEY_SIZE, ChunkstoreProtocol, 
-                                 NameStorage, is_ip, is_key, is_port)
+from chunkstore.net.protocol import (
+    DEFAULT_RPC_TIMEOUT,
+    DHT_KEY_SIZE,
+    ChunkstoreProtocol,
+    NameStorage,
+    is_ip,
+    is_key,
+    is_port,
+)
 from chunkstore.net.providers import Holder, ProviderStore
+from chunkstore.objects.ids import ID_BYTES, looks_like_id, parse_id
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +217,7 @@ class DhtNode:
         self._require_running()
         resolved = await self._resolve(addrs)
         ids = await asyncio.gather(*(self.protocol.ping_address(a) for a in resolved))
-        nodes = [Node(i, a[0], a[1]) for i, a in zip(ids, resolved) if i is not None]
+        nodes = [Node(i, a[0], a[1]) for i, a in zip(ids, resolved, strict=True) if i is not None]
         if not nodes:
             if addrs:
                 # The caller decides whether that matters (serve waits for peers, a get fails).

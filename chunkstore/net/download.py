@@ -15,19 +15,25 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from chunkstore.objects.codec import ChunkCodec
-from chunkstore.errors import (CorruptChunk, CorruptManifest, MissingChunks, NetworkError,
-                               NotFound, PeerBusy)
-from chunkstore.net.lookup import Lookup
-from chunkstore.objects.manifest import Manifest
-from chunkstore.objects.ids import looks_like_id
+from chunkstore.errors import (
+    CorruptChunk,
+    CorruptManifest,
+    MissingChunks,
+    NetworkError,
+    NotFound,
+    PeerBusy,
+)
 from chunkstore.local.output import Output, atomic_output
 from chunkstore.local.pipeline import BackgroundWriter
-from chunkstore.net.providers import Holder
 from chunkstore.local.restore import restore
-from chunkstore.net.scheduler import DownloadScheduler, FailureKind, Request
 from chunkstore.local.store import Store
+from chunkstore.net.lookup import Lookup
+from chunkstore.net.providers import Holder
+from chunkstore.net.scheduler import DownloadScheduler, FailureKind, Request
 from chunkstore.net.transfer_client import TransferClient
+from chunkstore.objects.codec import ChunkCodec
+from chunkstore.objects.ids import looks_like_id
+from chunkstore.objects.manifest import Manifest
 from chunkstore.results import GetResult
 
 Progress = Callable[[int], None]

@@ -17,10 +17,10 @@ from urllib.parse import quote
 
 import aiohttp
 
-from chunkstore.net.dht import DhtNode, dht_key
 from chunkstore.errors import BootstrapFailed, NetworkError, NoNetwork
-from chunkstore.objects.ids import looks_like_id
+from chunkstore.net.dht import DhtNode, dht_key
 from chunkstore.net.providers import Holder
+from chunkstore.objects.ids import looks_like_id
 
 # A holder list is short: a cap bounds what a hostile local API answer could make us hold.
 MAX_HOLDERS = 64

@@ -64,7 +64,7 @@ def _home_key(home: Path) -> Path:
 
 
 # The nodes running in this process, by home: a fetch on the same home goes through its DHT.
-_running: dict[Path, "Node"] = {}
+_running: dict[Path, Node] = {}
 
 
 def running_node(home: Path) -> NodeInfo | None:
@@ -113,7 +113,7 @@ class Node:
         self.announced = 0
 
     @classmethod
-    def serving(cls, home: str | os.PathLike[str]) -> "Node | None":
+    def serving(cls, home: str | os.PathLike[str]) -> Node | None:
         """The node running in this process on `home`, if any."""
         return _running.get(_home_key(Path(home).expanduser()))
 
@@ -138,7 +138,7 @@ class Node:
             raise NetworkError("the node is not running")
         return self.info
 
-    async def __aenter__(self) -> "Node":
+    async def __aenter__(self) -> Node:
         await self.start()
         return self
 

@@ -11,7 +11,8 @@ import asyncio
 import ipaddress
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol

@@ -84,7 +84,7 @@ class TransferClient:
         if session is not None:
             await session.close()
 
-    async def __aenter__(self) -> "TransferClient":
+    async def __aenter__(self) -> TransferClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

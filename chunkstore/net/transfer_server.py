@@ -125,7 +125,7 @@ class TransferServer:
         if runner is not None:
             await runner.cleanup()
 
-    async def __aenter__(self) -> "TransferServer":
+    async def __aenter__(self) -> TransferServer:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -6,8 +6,9 @@ The parameters are recorded in every manifest, so a file can be re-chunked ident
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -50,7 +51,7 @@ class ChunkerParams:
             raise ValueError("FastCDC sizes must satisfy 64 <= min <= avg <= max <= 16 MiB")
 
     @classmethod
-    def fixed(cls, size: int = 1 * MIB) -> "ChunkerParams":
+    def fixed(cls, size: int = 1 * MIB) -> ChunkerParams:
         return cls(kind=FIXED, avg_size=size, min_size=size, max_size=size)
 
 

@@ -6,13 +6,13 @@ same file and parameters give the same bytes, hence the same id, on every machin
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import msgpack
 
-from chunkstore.objects.chunking import ChunkerParams
 from chunkstore.errors import CorruptManifest
+from chunkstore.objects.chunking import ChunkerParams
 from chunkstore.objects.ids import ID_BYTES, object_id
 
 FORMAT_VERSION = 1
@@ -57,7 +57,7 @@ class Manifest:
             offset += ref.size
 
     @classmethod
-    def from_bytes(cls, data: bytes, expected_id: bytes | None = None) -> "Manifest":
+    def from_bytes(cls, data: bytes, expected_id: bytes | None = None) -> Manifest:
         """Decode and validate; with `expected_id`, also check the bytes hash to it.
 
         Raises CorruptManifest saying what is wrong."""
