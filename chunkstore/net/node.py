@@ -247,6 +247,15 @@ class Node:
         await self.publish_names(any(kind == KIND_MANIFEST for _, kind in items))
         return len(items)
 
+    async def flush_announcements(self) -> int:
+        """Announce everything queued now (manifests and names first) instead of waiting for
+        the background loop, e.g. right after adding files; returns how many ids went out."""
+        self._started()
+        total = 0
+        while count := await self.announce_pending():
+            total += count
+        return total
+
     async def publish_names(self, force: bool = False) -> None:
         for name, mid in self.store.names():
             if force or self._published.get(name) != mid:
