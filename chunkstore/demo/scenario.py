@@ -16,6 +16,8 @@ Progress = Callable[[int], None]
 
 @dataclass(frozen=True)
 class DemoResult:
+    """What the demo measured: throughput from one holder and from several."""
+
     nodes: int
     holders: int
     size: int

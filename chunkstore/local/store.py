@@ -196,12 +196,14 @@ class Store:
 
     # -- chunks -----------------------------------------------------------------------------
     def has_chunk(self, chunk_id: bytes) -> bool:
+        """True when the chunk is stored."""
         # The small index, not `chunks`: py-lmdb would page in the whole MiB-sized value to
         # answer yes or no.
         with self._read() as txn:
             return txn.get(chunk_id, db=self._index) is not None
 
     def missing_chunks(self, chunk_ids: Iterable[bytes]) -> set[bytes]:
+        """The ids of `chunk_ids` that are not stored."""
         with self._read() as txn:
             return {c for c in chunk_ids if txn.get(c, db=self._index) is None}
 
@@ -227,6 +229,7 @@ class Store:
         return self._transact(body)
 
     def stored_size(self, chunk_ids: Iterable[bytes]) -> int:
+        """Stored bytes of the distinct chunks of `chunk_ids` that are present."""
         with self._read() as txn:
             lengths = (txn.get(c, db=self._index) for c in set(chunk_ids))
             return sum(_LENGTH.unpack(n)[0] for n in lengths if n is not None)
@@ -274,11 +277,13 @@ class Store:
         return mid
 
     def get_manifest(self, manifest_id: bytes) -> Manifest | None:
+        """The stored manifest, verified against its id, or None."""
         with self._read() as txn:
             data = txn.get(manifest_id, db=self._manifests)
         return None if data is None else Manifest.from_bytes(data, manifest_id)
 
     def get_manifest_bytes(self, manifest_id: bytes) -> bytes | None:
+        """The stored manifest's encoding as it is (what peers are sent), or None."""
         with self._read() as txn:
             return txn.get(manifest_id, db=self._manifests)
 
@@ -294,10 +299,12 @@ class Store:
         return mid, manifest
 
     def lookup_name(self, name: str) -> bytes | None:
+        """The manifest id a local name points at, or None."""
         with self._read() as txn:
             return txn.get(name.encode(), db=self._names)
 
     def names(self) -> list[tuple[str, bytes]]:
+        """Every (name, manifest id), in name order."""
         with self._read() as txn:
             return [(k.decode(), v) for k, v in txn.cursor(db=self._names)]
 
@@ -317,6 +324,7 @@ class Store:
         return self._transact(body)
 
     def iter_manifests(self) -> Iterator[tuple[bytes, Manifest]]:
+        """Every stored (manifest id, manifest), named or pinned."""
         with self._read() as txn:
             ids = [k for k, _ in txn.cursor(db=self._manifests)]
         for mid in ids:
@@ -326,6 +334,7 @@ class Store:
 
     # -- announce queue ---------------------------------------------------------------------
     def queue_announce(self, object_ids: Iterable[bytes], kind: bytes = KIND_CHUNK) -> None:
+        """Put ids (chunks, or manifests with KIND_MANIFEST) in the announce queue."""
         keys = [kind + oid for oid in object_ids]
         self._transact(lambda txn: [txn.put(k, b"", db=self._announce) for k in keys])
 

@@ -257,6 +257,7 @@ class Node:
         return total
 
     async def publish_names(self, force: bool = False) -> None:
+        """Publish the store's names on the DHT: those changed since the last time, or all."""
         for name, mid in self.store.names():
             if force or self._published.get(name) != mid:
                 await self.dht.publish_name(name, mid.hex())

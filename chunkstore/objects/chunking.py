@@ -52,6 +52,7 @@ class ChunkerParams:
 
     @classmethod
     def fixed(cls, size: int = 1 * MIB) -> ChunkerParams:
+        """Fixed-size blocks of `size` bytes (the last one shorter)."""
         return cls(kind=FIXED, avg_size=size, min_size=size, max_size=size)
 
 

@@ -23,18 +23,24 @@ MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 
 @dataclass(frozen=True)
 class ChunkRef:
+    """One chunk of a file: its id (BLAKE3-256 of its raw bytes) and raw size."""
+
     chunk_id: bytes
     size: int
 
 
 @dataclass(frozen=True)
 class Manifest:
+    """The recipe of one file: size, chunker parameters, ordered chunks. Its id is the
+    BLAKE3-256 of `to_bytes()`, so equal files cut with equal parameters have equal ids."""
+
     size: int
     chunker: ChunkerParams
     chunks: tuple[ChunkRef, ...]
     version: int = FORMAT_VERSION
 
     def to_bytes(self) -> bytes:
+        """The canonical encoding (a msgpack array in fixed order)."""
         record = [
             MAGIC,
             self.version,
@@ -47,6 +53,7 @@ class Manifest:
 
     @property
     def id(self) -> bytes:
+        """The manifest id: BLAKE3-256 of the canonical encoding."""
         return object_id(self.to_bytes())
 
     def offsets(self) -> Iterator[tuple[int, ChunkRef]]:
