@@ -84,10 +84,11 @@ def add(path: str | os.PathLike[str], *, name: str | None = None, home: Home = N
                         progress=progress)
 
 
-def _local_get(store: Store, name_or_id: str, output: Output, *, force: bool,
+def _local_get(store: Store, name_or_id: str, output: Output | None, *, force: bool,
                progress: Progress | None,
                on_total: Callable[[int], None] | None) -> GetResult | None:
-    """The file written from the local store when it is complete there, else None."""
+    """The file written from the local store when it is complete there (`output=None`:
+    nothing to write), else None."""
     started = time.monotonic()
     try:
         mid, manifest = store.resolve(name_or_id)
@@ -97,7 +98,8 @@ def _local_get(store: Store, name_or_id: str, output: Output, *, force: bool,
         return None
     if on_total:
         on_total(manifest.size)
-    shown = restore(store, manifest, output, force=force, progress=progress)
+    shown = "" if output is None else restore(store, manifest, output, force=force,
+                                              progress=progress)
     return GetResult(name=name_or_id if store.lookup_name(name_or_id) == mid else "",
                      manifest_id=mid.hex(), size=manifest.size, chunks=len(manifest.chunks),
                      chunks_fetched=0, chunks_reused=len({r.chunk_id for r in manifest.chunks}),
@@ -156,11 +158,10 @@ async def fetch(name_or_id: str, output: Target | None, *, home: Home = None,
     peers = parse_addresses(bootstrap)
     target = None if output is None else as_output(output)
     with open_store(home) as store:
-        if target is not None:
-            local = await asyncio.to_thread(_local_get, store, name_or_id, target, force=force,
-                                            progress=progress, on_total=on_total)
-            if local is not None:
-                return local
+        local = await asyncio.to_thread(_local_get, store, name_or_id, target, force=force,
+                                        progress=progress, on_total=on_total)
+        if local is not None:
+            return local
         return await _fetch_remote(store, name_or_id, target, peers, force=force,
                                    progress=progress, on_total=on_total)
 
