@@ -6,58 +6,66 @@ Run from the repository root with the project's virtualenv:
     python benchmarks/ingest.py [--size 1GiB] [--repeat 3] [--workdir DIR] [--json OUT.json]
                                 [--skip-restic] [--rss-size 4GiB | --no-rss]
 
-1. Generates a deterministic file (first half random bytes, second half word-salad text that
-   zstd -3 compresses to roughly 30%), streaming in 4 MiB blocks.
+1. Generates a deterministic file (first half random bytes, second half Zipf-distributed word
+   text that zstd -3 compresses to roughly 30%: chunkstore.demo.sample_files' "mixed"),
+   streaming in 4 MiB blocks.
 2. For each repetition, times as subprocesses, in a fixed order:
      add: `zstd -3 -T2`, `chunkstore add` (fresh store), `restic backup` (fresh repository)
      get: `cp`, `zstd -d`, `chunkstore get`, `restic restore`
-   and checks every restored file is byte-identical to the input.
+   and checks every restored file is byte-identical to the input (same size and BLAKE3).
 3. Runs `chunkstore add` / `get` on a larger file (default 4 GiB) to measure peak RSS against
    the 150 MiB goal.
 4. Prints a table (median and min-max MB/s, CPU time, peak RSS, stored size), the
    chunkstore-vs-reference ratios against the project's goals, and a markdown version of the
    table for the README. `--json` writes the same data.
 
-Throughputs are input bytes (decimal MB = 1e6 bytes) divided by the wall time of the whole
-command, interpreter start-up included: that is what a user waits for. Missed goals are
-reported, not failures: the exit code is non-zero only when something is actually wrong
-(a tool failed, or restored bytes differ from the input).
+Sizes are the library's: 1GiB = 2^30 bytes, 1G = 1GB = 10^9 bytes. Throughputs are input
+bytes (decimal MB = 1e6 bytes) divided by the wall time of the whole command, interpreter
+start-up included: that is what a user waits for. Missed goals are reported, not failures:
+the exit code is non-zero only when something is actually wrong (a tool failed, or restored
+bytes differ from the input).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import itertools
 import json
 import os
 import platform
-import random
-import re
-import resource
 import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from chunkstore.procstats import RssSampler
+# Run as a script, Python puts benchmarks/ first on sys.path; the shared helpers are imported
+# as `benchmarks.common`, so the repository root goes there too.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-KiB = 1024
-MiB = 1024 * KiB
-GiB = 1024 * MiB
-MB = 1_000_000
+from benchmarks.common import (
+    MB,
+    MIXED,
+    GiB,
+    KiB,
+    MiB,
+    RssSampler,
+    child_peak_rss,
+    file_digest,
+    format_size,
+    parse_size,
+    stop_on_signals,
+    tool_version,
+    write_sample_file,
+)
+from chunkstore.errors import InputError
 
-BLOCK = 4 * MiB  # generation / hashing / warm-up unit: large enough to be cheap, small in RAM
+BLOCK = 4 * MiB  # warm-up unit (and the sample files' block): cheap, small in RAM
 SEED = 0x636B7374  # fixed: every run benchmarks the same bytes
 RSS_GOAL_MIB = 150.0
 RESTIC_PASSWORD = "chunkstore-benchmark"  # throwaway repositories inside the temp workdir
@@ -89,72 +97,9 @@ class BenchError(Exception):
 
 
 # ---------------------------------------------------------------------------------------------
-# Input generation
+# Input files (write_sample_file's "mixed": first half random, like media or archives, which
+# chunkstore should store raw; second half compressible text)
 # ---------------------------------------------------------------------------------------------
-
-def _text_table(rng: random.Random) -> list[bytes]:
-    """65536 word tokens whose frequencies follow Zipf's law, as in natural text.
-
-    Words are built from syllables so they look word-like (shared prefixes and suffixes give
-    zstd's matcher something to find, like real text), and a few punctuation/newline tokens
-    break the stream into sentences and lines. Drawing uniformly from this table gives the
-    Zipf distribution without a per-word bisect, which keeps generation ~90 MB/s in Python.
-    """
-    syllables = ["ka", "ro", "mi", "ten", "sa", "lu", "de", "vor", "in", "ex", "pre", "ta", "no",
-                 "le", "qu", "is", "an", "ber", "cho", "ul", "ment", "ing", "er", "ly", "st",
-                 "ph", "ou", "ai"]
-    lengths = (1, 1, 2, 2, 2, 3, 3, 4)  # syllables per word
-    words: set[str] = set()
-    while len(words) < 8000:
-        words.add("".join(rng.choice(syllables) for _ in range(rng.choice(lengths))))
-    vocab = sorted(words)  # sorted: set order depends on the hash seed, the output must not
-    rng.shuffle(vocab)
-    tokens = [w.encode() for w in vocab] + [b"the", b"and", b"of", b",", b".", b".\n"]
-    weights = [1.0 / (rank + 1) for rank in range(len(vocab))] + [1.0, 0.6, 0.5, 0.3, 0.3, 0.15]
-    return rng.choices(tokens, cum_weights=list(itertools.accumulate(weights)), k=65536)
-
-
-def _text_block(rng: random.Random, table: list[bytes], size: int) -> bytes:
-    """`size` bytes of text: tokens drawn uniformly from `table` with 16-bit random indices."""
-    parts: list[bytes] = []
-    have = 0
-    while have < size:
-        idx = array("H")
-        idx.frombytes(rng.randbytes(2 * 65536))
-        part = b" ".join(itemgetter(*idx)(table))
-        parts.append(part)
-        have += len(part) + 1
-    return b" ".join(parts)[:size]
-
-
-def generate_file(path: Path, size: int, seed: int = SEED) -> str:
-    """Write `size` deterministic bytes to `path`; return their SHA-256 (hex).
-
-    First half: random bytes (incompressible, like media or archives; chunkstore should store
-    them raw). Second half: compressible text. Written in BLOCK pieces so a 4 GiB file never
-    sits in memory, and hashed on the way so verification needs no extra pass over the input.
-    """
-    rng = random.Random(seed)
-    table = _text_table(rng)
-    digest = hashlib.sha256()
-    half = size // 2
-    written = 0
-    with open(path, "wb") as f:
-        while written < size:
-            if written < half:
-                block = rng.randbytes(min(BLOCK, half - written))
-            else:
-                block = _text_block(rng, table, min(BLOCK, size - written))
-            f.write(block)
-            digest.update(block)
-            written += len(block)
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
 
 def warm(paths: Iterable[Path]) -> None:
     """Read files (or every file under directories) so the next tool finds them in page cache.
@@ -185,7 +130,7 @@ class Run:
     wall_s: float
     user_s: float
     sys_s: float
-    maxrss_kib: int  # peak RSS (file-backed mapped pages included); see run_measured
+    maxrss_kib: int  # peak RSS (file-backed mapped pages included): common.child_peak_rss
     maxrss_exact: bool  # True: the kernel's ru_maxrss; False: sampled VmHWM (a lower bound)
     ru_maxrss_kib: int  # raw ru_maxrss from wait4
     peak_anon_kib: int  # sampled from /proc: heap and other private memory
@@ -235,14 +180,9 @@ def run_measured(cmd: Sequence[str | os.PathLike[str]], *, nbytes: int, log: Pat
     start = time.perf_counter()
     os.sync()
     sync_s = time.perf_counter() - start
-    # Linux records the pre-exec address space's peak in the child's ru_maxrss, and
-    # subprocess spawns with vfork: that is this benchmark's own peak RSS. So ru_maxrss is the
-    # child's figure only when it exceeds our own peak; otherwise use the sampled VmHWM.
-    own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    exact = usage.ru_maxrss > own_peak
+    maxrss_kib, exact = child_peak_rss(usage, sampler)
     return Run(wall_s=wall, user_s=usage.ru_utime, sys_s=usage.ru_stime,
-               maxrss_kib=usage.ru_maxrss if exact else (sampler.hwm or usage.ru_maxrss),
-               maxrss_exact=exact,
+               maxrss_kib=maxrss_kib, maxrss_exact=exact,
                ru_maxrss_kib=usage.ru_maxrss, peak_anon_kib=sampler.anon,
                peak_file_kib=sampler.file, sync_s=sync_s, nbytes=nbytes)
 
@@ -283,20 +223,12 @@ def ensure_tools(want_restic: bool) -> dict[str, bool]:
     return have
 
 
-def tool_version(cmd: list[str]) -> str:
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return "?"
-    return out.strip().splitlines()[0] if out.strip() else "?"
-
-
 @dataclass
 class Context:
     work: Path
     input: Path
     size: int
-    sha256: str
+    digest: str  # BLAKE3 of the input
     have: dict[str, bool]
     chunkstore: list[str]
     log: Path
@@ -307,7 +239,7 @@ def check_output(ctx: Context, path: Path, what: str) -> None:
     """A benchmark that restores garbage is worthless: every restored file is compared."""
     if not path.is_file():
         raise BenchError(f"{what}: expected output {path} was not written")
-    if path.stat().st_size != ctx.size or file_sha256(path) != ctx.sha256:
+    if path.stat().st_size != ctx.size or file_digest(path) != ctx.digest:
         raise BenchError(f"{what}: restored bytes differ from the input ({path})")
 
 
@@ -390,8 +322,8 @@ def bench_get(ctx: Context, rep: int, made: dict[str, Path],
 def bench_rss(ctx: Context, size: int) -> dict[str, Any]:
     """Peak RSS of chunkstore add and get on a large file: memory must not grow with size."""
     big = ctx.work / "rss-input.bin"
-    print(f"rss: generating {human(size)} (streaming) ...", flush=True)
-    sha = generate_file(big, size, SEED + 1)
+    print(f"rss: generating {format_size(size)} (streaming) ...", flush=True)
+    digest = write_sample_file(big, size, seed=SEED + 1, content=MIXED)
     home = ctx.work / "rss-store"
     out = ctx.work / "rss-out.bin"
     try:
@@ -403,8 +335,9 @@ def bench_rss(ctx: Context, size: int) -> dict[str, Any]:
         print("rss: chunkstore get ...", flush=True)
         get = run_measured([*ctx.chunkstore, "get", STORED_NAME, "-o", out, "--home", home,
                             "--json"], nbytes=size, log=ctx.log)
-        if out.stat().st_size != size or file_sha256(out) != sha:
-            raise BenchError(f"chunkstore get of the {human(size)} file restored different bytes")
+        if out.stat().st_size != size or file_digest(out) != digest:
+            raise BenchError(f"chunkstore get of the {format_size(size)} file restored "
+                             "different bytes")
     finally:
         for p in (big, out):
             p.unlink(missing_ok=True)
@@ -427,23 +360,15 @@ def cli_startup(ctx: Context) -> float:
 # Reporting
 # ---------------------------------------------------------------------------------------------
 
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return f"{n} B"
-
-
-def parse_size(text: str) -> int:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*", text, re.IGNORECASE)
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 1GiB, 512MiB, 1000000)")
-    number, prefix, suffix = float(m[1]), m[2].lower(), m[3].lower()
-    base = 1024 if suffix.startswith("i") or suffix == "" else 1000
-    size = int(number * base ** " kmgt".index(prefix or " "))
+def input_size(text: str) -> int:
+    """An argparse type: a size as the library reads it, at least two blocks (the input's
+    random half and its text half must each be at least one)."""
+    try:
+        size = parse_size(text)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
     if size < 2 * BLOCK:
-        raise argparse.ArgumentTypeError(f"size must be at least {human(2 * BLOCK)}")
+        raise argparse.ArgumentTypeError(f"size must be at least {format_size(2 * BLOCK)}")
     return size
 
 
@@ -479,7 +404,7 @@ def ratios(results: dict[str, list[Run]]) -> list[dict[str, Any]]:
         a, b = results.get(subject, []), results.get(ref, [])
         if not a or not b:
             continue
-        paired = [x.mbps / y.mbps for x, y in zip(a, b)]
+        paired = [x.mbps / y.mbps for x, y in zip(a, b, strict=True)]
         ratio = statistics.median(x.mbps for x in a) / statistics.median(y.mbps for y in b)
         out.append({"subject": LABELS[subject][0], "reference": LABELS[ref][0], "goal": goal,
                     "ratio": ratio, "paired_min": min(paired), "paired_max": max(paired),
@@ -510,7 +435,7 @@ def render_text(header: list[str], body: list[list[str]]) -> str:
 
     def line(cells: list[str]) -> str:
         return "  ".join(c.rjust(w) if i in numeric else c.ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths)))
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, body)])
 
 
@@ -524,7 +449,7 @@ def report(data: dict[str, Any]) -> str:
     rows = data["summary"]
     lines = [
         "",
-        f"chunkstore ingest benchmark: {human(size)} input (half random, half text), "
+        f"chunkstore ingest benchmark: {format_size(size)} input (half random, half text), "
         f"{data['repeat']} repetition(s); MB = 10^6 bytes of input per second of wall time",
         f"  {data['machine']}",
         f"  chunkstore CLI start-up (included in every chunkstore timing): "
@@ -549,7 +474,7 @@ def report(data: dict[str, Any]) -> str:
                      f"  {verdict}")
     rss = data.get("rss")
     if rss:
-        lines += ["", f"peak RSS on a {human(rss['size'])} file "
+        lines += ["", f"peak RSS on a {format_size(rss['size'])} file "
                       f"(goal < {rss['goal_mib']:.0f} MiB):"]
         for op in ("add", "get"):
             r = rss[op]
@@ -567,7 +492,7 @@ def report(data: dict[str, Any]) -> str:
         if md_ratios:
             lines += ["| ratio | measured | goal | |", "|---|---:|---:|---|", *md_ratios, ""]
         if rss:
-            lines += [f"| {human(rss['size'])} file | peak RSS | goal |", "|---|---:|---:|"]
+            lines += [f"| {format_size(rss['size'])} file | peak RSS | goal |", "|---|---:|---:|"]
             lines += [f"| chunkstore {op} | {rss[op]['maxrss_kib'] / KiB:.0f} MiB | "
                       f"< {rss['goal_mib']:.0f} MiB |" for op in ("add", "get")]
     return "\n".join(lines)
@@ -579,14 +504,14 @@ def report(data: dict[str, Any]) -> str:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", type=parse_size, default=1 * GiB, help="comparison file size (1GiB)")
+    p.add_argument("--size", type=input_size, default=1 * GiB, help="comparison file size (1GiB)")
     p.add_argument("--repeat", type=int, default=3, help="repetitions of the comparison (3)")
     p.add_argument("--workdir", type=Path, help="make the temporary directory inside DIR "
                    "(same filesystem as the outputs; default: the system temp dir)")
     p.add_argument("--json", type=Path, metavar="OUT.json", help="also write the data as JSON")
     p.add_argument("--skip-restic", action="store_true", help="do not compare with restic")
     rss = p.add_mutually_exclusive_group()
-    rss.add_argument("--rss-size", type=parse_size, default=4 * GiB,
+    rss.add_argument("--rss-size", type=input_size, default=4 * GiB,
                      help="file size for the peak-RSS run (4GiB)")
     rss.add_argument("--no-rss", action="store_true", help="skip the peak-RSS run")
     args = p.parse_args(argv)
@@ -601,14 +526,14 @@ def run_benchmark(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     if subprocess.run([*chunkstore, "--help"], stdout=subprocess.DEVNULL,
                       stderr=subprocess.DEVNULL).returncode != 0:
         raise BenchError(f"{shlex.join(chunkstore)} does not run: is the project installed?")
-    ctx = Context(work=work, input=work / "input.bin", size=args.size, sha256="", have=have,
+    ctx = Context(work=work, input=work / "input.bin", size=args.size, digest="", have=have,
                   chunkstore=chunkstore, log=work / "commands.log",
                   restic_env={**os.environ, "RESTIC_PASSWORD": RESTIC_PASSWORD,
                               "RESTIC_CACHE_DIR": str(work / "restic-cache")})
 
-    print(f"generating {human(args.size)} input in {work} ...", flush=True)
+    print(f"generating {format_size(args.size)} input in {work} ...", flush=True)
     start = time.perf_counter()
-    ctx.sha256 = generate_file(ctx.input, args.size)
+    ctx.digest = write_sample_file(ctx.input, args.size, seed=SEED, content=MIXED)
     print(f"  done in {time.perf_counter() - start:.1f} s", flush=True)
 
     results: dict[str, list[Run]] = {key: [] for key in LABELS}
@@ -644,9 +569,7 @@ def run_benchmark(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    # SIGTERM / SIGHUP become SystemExit so the `finally` below still removes the workdir.
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
+    stop_on_signals()  # SIGTERM / SIGHUP: the `finally` below still removes the workdir
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="chunkstore-bench-", dir=args.workdir)).resolve()

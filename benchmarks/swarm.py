@@ -10,7 +10,7 @@ Starts H holder nodes on 127.0.0.1 (each capped at --rate), fetches one generate
 fresh node with 1, 2, 4 and 8 holders, and does the same with aria2c from H nginx mirrors
 capped at the same rate; then uncapped, and the local `get` as the ceiling. Prints the tables
 and writes swarm.json, swarm.md and swarm.png (swarm-netns.* with --netns) to --out.
-The logic is chunkstore.bench (also behind `chunkstore bench`); this is only the command line.
+The logic is the package benchmarks/swarm_bench; this is only the command line.
 Exit codes: 0 done (missed targets are reported, not failures) or netns skipped; 1 a download
 failed or wrote wrong bytes; 130 interrupted.
 """
@@ -22,20 +22,33 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from chunkstore.bench import (CONTENTS, BenchConfig, BenchError, BenchUnavailable,
-                              install_tools, missing_tools, parse_contents, parse_counts,
-                              render_markdown, run_bench, stop_on_signals, write_outputs)
+# Run as a script, Python puts benchmarks/ first on sys.path; the harness is imported as the
+# package `benchmarks.swarm_bench`, so the repository root goes there too.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import RANDOM, parse_rate, parse_size, stop_on_signals
+from benchmarks.swarm_bench.errors import BenchError, BenchUnavailable
+from benchmarks.swarm_bench.models import CONTENTS, BenchConfig
+from benchmarks.swarm_bench.report import render_markdown, write_outputs
+from benchmarks.swarm_bench.runner import run_bench
+from benchmarks.swarm_bench.tools import install_tools, missing_tools
 from chunkstore.errors import InputError
-from chunkstore.units import parse_rate, parse_size
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 
 
 def counts(text: str) -> tuple[int, ...]:
+    """Holder counts as users write them: '1,2,4,8' -> (1, 2, 4, 8); '' or 'none' -> ()."""
+    if text.strip().lower() in ("", "none"):
+        return ()
     try:
-        return parse_counts(text)
-    except InputError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of holder counts: {text!r} "
+                                         "(example: 1,2,4,8)") from None
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"holder counts must be at least 1: {text!r}")
+    return values
 
 
 def size(text: str) -> int:
@@ -94,19 +107,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     stop_on_signals()
-    config = BenchConfig(size=args.size, holders=args.holders, rate=args.rate,
-                         repeat=args.repeat, contents=parse_contents(args.content,
-                                                                     args.incompressible),
-                         uncapped_holders=args.uncapped_holders, aria2c=not args.no_aria2c,
-                         local_get=not args.no_local, netns=args.netns, workdir=args.workdir)
+    if args.incompressible:
+        contents: tuple[str, ...] = (RANDOM,)
+    else:
+        contents = CONTENTS if args.content == "both" else (args.content,)
 
     def report(line: str) -> None:
         print(line, flush=True)
 
-    missing = missing_tools(config)
-    if missing and not args.no_install:
-        install_tools(missing, report)
     try:
+        config = BenchConfig(size=args.size, holders=args.holders, rate=args.rate,
+                             repeat=args.repeat, contents=contents,
+                             uncapped_holders=args.uncapped_holders, aria2c=not args.no_aria2c,
+                             local_get=not args.no_local, netns=args.netns,
+                             workdir=args.workdir)
+        missing = missing_tools(config)
+        if missing and not args.no_install:
+            install_tools(missing, report)
         result = run_bench(config, report)
     except BenchUnavailable as e:
         print(f"skipped: {e}", file=sys.stderr)

@@ -1,5 +1,5 @@
-"""Smoke tests of the swarm benchmark (chunkstore.bench): a tiny run completes, every download
-is byte-identical, and nothing it started is left behind. Never a timing.
+"""Smoke tests of the swarm benchmark (benchmarks/swarm_bench): a tiny run completes, every
+download is byte-identical, and nothing it started is left behind. Never a timing.
 
 The aria2c rows run only where aria2c and nginx are installed (Debian: aria2, nginx-light);
 the netns run only as root with `ip` and `tc` (iproute2), else it is skipped.
@@ -17,11 +17,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from chunkstore.bench import (ARIA2C, CHUNKSTORE, LOCAL, MIXED, RANDOM, BenchConfig,
-                              BenchUnavailable, have_aria2c, render_markdown, run_bench,
-                              write_outputs)
+from benchmarks.swarm_bench.errors import BenchUnavailable
+from benchmarks.swarm_bench.models import ARIA2C, CHUNKSTORE, LOCAL, MIXED, RANDOM, BenchConfig
+from benchmarks.swarm_bench.report import render_markdown, write_outputs
+from benchmarks.swarm_bench.runner import run_bench
+from benchmarks.swarm_bench.tools import have_aria2c
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 MIB = 1024 * 1024
 
