@@ -17,9 +17,24 @@ import threading
 from chunkstore.demo.sample_files import MIXED, RANDOM, TEXT, file_digest, write_sample_file
 from chunkstore.units import format_size, parse_rate, parse_size
 
-__all__ = ["GiB", "KiB", "MB", "MIXED", "MiB", "RANDOM", "TEXT", "RssSampler", "child_peak_rss",
-           "file_digest", "format_size", "parse_rate", "parse_size", "stop_on_signals",
-           "tool_version", "write_sample_file"]
+__all__ = [
+    "GiB",
+    "KiB",
+    "MB",
+    "MIXED",
+    "MiB",
+    "RANDOM",
+    "TEXT",
+    "RssSampler",
+    "child_peak_rss",
+    "file_digest",
+    "format_size",
+    "parse_rate",
+    "parse_size",
+    "stop_on_signals",
+    "tool_version",
+    "write_sample_file",
+]
 
 KiB = 1024
 MiB = 1024 * KiB

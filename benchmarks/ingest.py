@@ -101,6 +101,7 @@ class BenchError(Exception):
 # chunkstore should store raw; second half compressible text)
 # ---------------------------------------------------------------------------------------------
 
+
 def warm(paths: Iterable[Path]) -> None:
     """Read files (or every file under directories) so the next tool finds them in page cache.
 
@@ -124,9 +125,11 @@ def disk_usage(path: Path) -> int:
 # Measuring one subprocess
 # ---------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Run:
     """One measured command. Times in seconds, memory in KiB."""
+
     wall_s: float
     user_s: float
     sys_s: float
@@ -149,8 +152,13 @@ class Run:
         return self.nbytes / MB / (self.wall_s + self.sync_s)
 
 
-def run_measured(cmd: Sequence[str | os.PathLike[str]], *, nbytes: int, log: Path,
-                 env: dict[str, str] | None = None) -> Run:
+def run_measured(
+    cmd: Sequence[str | os.PathLike[str]],
+    *,
+    nbytes: int,
+    log: Path,
+    env: dict[str, str] | None = None,
+) -> Run:
     """Run `cmd`, waiting with os.wait4 to get its wall time, CPU time and peak RSS.
 
     Output goes to `log` (shown on failure). A `sync` follows, timed separately, so that the
@@ -160,8 +168,9 @@ def run_measured(cmd: Sequence[str | os.PathLike[str]], *, nbytes: int, log: Pat
         out.write(f"\n$ {shlex.join(argv)}\n".encode())
         out.flush()
         start = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
+        )
         sampler = RssSampler(proc.pid)
         sampler.start()
         try:
@@ -181,15 +190,24 @@ def run_measured(cmd: Sequence[str | os.PathLike[str]], *, nbytes: int, log: Pat
     os.sync()
     sync_s = time.perf_counter() - start
     maxrss_kib, exact = child_peak_rss(usage, sampler)
-    return Run(wall_s=wall, user_s=usage.ru_utime, sys_s=usage.ru_stime,
-               maxrss_kib=maxrss_kib, maxrss_exact=exact,
-               ru_maxrss_kib=usage.ru_maxrss, peak_anon_kib=sampler.anon,
-               peak_file_kib=sampler.file, sync_s=sync_s, nbytes=nbytes)
+    return Run(
+        wall_s=wall,
+        user_s=usage.ru_utime,
+        sys_s=usage.ru_stime,
+        maxrss_kib=maxrss_kib,
+        maxrss_exact=exact,
+        ru_maxrss_kib=usage.ru_maxrss,
+        peak_anon_kib=sampler.anon,
+        peak_file_kib=sampler.file,
+        sync_s=sync_s,
+        nbytes=nbytes,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Tools and setup
 # ---------------------------------------------------------------------------------------------
+
 
 def chunkstore_cmd() -> list[str]:
     """The chunkstore of the running interpreter's environment, never another one on PATH."""
@@ -205,19 +223,29 @@ def ensure_tools(want_restic: bool) -> dict[str, bool]:
     missing = [t for t in wanted if shutil.which(t) is None]
     if missing and os.geteuid() == 0 and shutil.which("apt-get"):
         print(f"setup: installing {' '.join(missing)} with apt-get ...", flush=True)
-        ok = subprocess.run(["apt-get", "update"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL).returncode == 0
+        ok = (
+            subprocess.run(
+                ["apt-get", "update"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            ).returncode
+            == 0
+        )
         if ok:
-            subprocess.run(["apt-get", "install", "-y", *missing], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL,
-                           env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+            subprocess.run(
+                ["apt-get", "install", "-y", *missing],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+            )
     have = {t: shutil.which(t) is not None for t in ("zstd", "restic", "cp")}
     if not want_restic:
         have["restic"] = False
     for tool in wanted:
         if not have[tool]:
-            print(f"setup: {tool} is not available (install it, e.g. `apt-get install {tool}`); "
-                  f"its rows are skipped", flush=True)
+            print(
+                f"setup: {tool} is not available (install it, e.g. `apt-get install {tool}`); "
+                f"its rows are skipped",
+                flush=True,
+            )
     if not have["cp"]:
         raise BenchError("cp not found")
     return have
@@ -247,22 +275,27 @@ def check_output(ctx: Context, path: Path, what: str) -> None:
 # The benchmarks
 # ---------------------------------------------------------------------------------------------
 
+
 def bench_add(ctx: Context, rep: int, results: dict[str, list[Run]]) -> dict[str, Path]:
     """Store the input with every tool into fresh targets; return what each get will read."""
     made: dict[str, Path] = {}
     if ctx.have["zstd"]:
         zst = ctx.work / f"input.{rep}.zst"
         warm([ctx.input])
-        run = run_measured(["zstd", "-3", "-T2", "-q", "-f", ctx.input, "-o", zst],
-                           nbytes=ctx.size, log=ctx.log)
+        run = run_measured(
+            ["zstd", "-3", "-T2", "-q", "-f", ctx.input, "-o", zst], nbytes=ctx.size, log=ctx.log
+        )
         run.stored_bytes = disk_usage(zst)
         results["zstd add"].append(run)
         made["zstd"] = zst
 
     home = ctx.work / f"store.{rep}"  # fresh per repetition: every add stores every chunk
     warm([ctx.input])
-    run = run_measured([*ctx.chunkstore, "add", ctx.input, "--name", STORED_NAME,
-                        "--home", home, "--json"], nbytes=ctx.size, log=ctx.log)
+    run = run_measured(
+        [*ctx.chunkstore, "add", ctx.input, "--name", STORED_NAME, "--home", home, "--json"],
+        nbytes=ctx.size,
+        log=ctx.log,
+    )
     run.stored_bytes = disk_usage(home)
     results["chunkstore add"].append(run)
     made["chunkstore"] = home
@@ -274,36 +307,53 @@ def bench_add(ctx: Context, rep: int, results: dict[str, list[Run]]) -> dict[str
         if init.returncode != 0:
             raise BenchError(f"restic init failed:\n{init.stdout}{init.stderr}")
         warm([ctx.input])
-        run = run_measured(["restic", "backup", "--quiet", ctx.input], env=env,
-                           nbytes=ctx.size, log=ctx.log)
+        run = run_measured(
+            ["restic", "backup", "--quiet", ctx.input], env=env, nbytes=ctx.size, log=ctx.log
+        )
         run.stored_bytes = disk_usage(repo)
         results["restic add"].append(run)
         made["restic"] = repo
     return made
 
 
-def bench_get(ctx: Context, rep: int, made: dict[str, Path],
-              results: dict[str, list[Run]]) -> None:
+def bench_get(ctx: Context, rep: int, made: dict[str, Path], results: dict[str, list[Run]]) -> None:
     """Restore with every tool to a new file on the same filesystem, verify, delete."""
     out = ctx.work / f"out.{rep}"
 
     warm([ctx.input])
-    results["cp get"].append(run_measured(["cp", "--reflink=never", ctx.input, out],
-                                          nbytes=ctx.size, log=ctx.log))
+    results["cp get"].append(
+        run_measured(["cp", "--reflink=never", ctx.input, out], nbytes=ctx.size, log=ctx.log)
+    )
     check_output(ctx, out, "cp")
     out.unlink()
 
     if "zstd" in made:
         warm([made["zstd"]])
-        results["zstd get"].append(run_measured(["zstd", "-d", "-q", "-f", made["zstd"], "-o", out],
-                                                nbytes=ctx.size, log=ctx.log))
+        results["zstd get"].append(
+            run_measured(
+                ["zstd", "-d", "-q", "-f", made["zstd"], "-o", out], nbytes=ctx.size, log=ctx.log
+            )
+        )
         check_output(ctx, out, "zstd -d")
         out.unlink()
 
     warm([made["chunkstore"]])
-    results["chunkstore get"].append(run_measured(
-        [*ctx.chunkstore, "get", STORED_NAME, "-o", out, "--home", made["chunkstore"], "--json"],
-        nbytes=ctx.size, log=ctx.log))
+    results["chunkstore get"].append(
+        run_measured(
+            [
+                *ctx.chunkstore,
+                "get",
+                STORED_NAME,
+                "-o",
+                out,
+                "--home",
+                made["chunkstore"],
+                "--json",
+            ],
+            nbytes=ctx.size,
+            log=ctx.log,
+        )
+    )
     check_output(ctx, out, "chunkstore get")
     out.unlink()
 
@@ -311,9 +361,14 @@ def bench_get(ctx: Context, rep: int, made: dict[str, Path],
         target = ctx.work / f"restic-restore.{rep}"
         env = {**ctx.restic_env, "RESTIC_REPOSITORY": str(made["restic"])}
         warm([made["restic"]])
-        results["restic get"].append(run_measured(
-            ["restic", "restore", "latest", "--target", target], env=env,
-            nbytes=ctx.size, log=ctx.log))
+        results["restic get"].append(
+            run_measured(
+                ["restic", "restore", "latest", "--target", target],
+                env=env,
+                nbytes=ctx.size,
+                log=ctx.log,
+            )
+        )
         # restic recreates the absolute path of the backed-up file under the target
         check_output(ctx, target / ctx.input.relative_to(ctx.input.anchor), "restic restore")
         shutil.rmtree(target)
@@ -329,21 +384,32 @@ def bench_rss(ctx: Context, size: int) -> dict[str, Any]:
     try:
         warm([big])
         print("rss: chunkstore add ...", flush=True)
-        add = run_measured([*ctx.chunkstore, "add", big, "--name", STORED_NAME, "--home", home,
-                            "--json"], nbytes=size, log=ctx.log)
+        add = run_measured(
+            [*ctx.chunkstore, "add", big, "--name", STORED_NAME, "--home", home, "--json"],
+            nbytes=size,
+            log=ctx.log,
+        )
         add.stored_bytes = disk_usage(home)
         print("rss: chunkstore get ...", flush=True)
-        get = run_measured([*ctx.chunkstore, "get", STORED_NAME, "-o", out, "--home", home,
-                            "--json"], nbytes=size, log=ctx.log)
+        get = run_measured(
+            [*ctx.chunkstore, "get", STORED_NAME, "-o", out, "--home", home, "--json"],
+            nbytes=size,
+            log=ctx.log,
+        )
         if out.stat().st_size != size or file_digest(out) != digest:
-            raise BenchError(f"chunkstore get of the {format_size(size)} file restored "
-                             "different bytes")
+            raise BenchError(
+                f"chunkstore get of the {format_size(size)} file restored different bytes"
+            )
     finally:
         for p in (big, out):
             p.unlink(missing_ok=True)
         shutil.rmtree(home, ignore_errors=True)
-    return {"size": size, "goal_mib": RSS_GOAL_MIB, "add": asdict(add) | {"mbps": add.mbps},
-            "get": asdict(get) | {"mbps": get.mbps}}
+    return {
+        "size": size,
+        "goal_mib": RSS_GOAL_MIB,
+        "add": asdict(add) | {"mbps": add.mbps},
+        "get": asdict(get) | {"mbps": get.mbps},
+    }
 
 
 def cli_startup(ctx: Context) -> float:
@@ -359,6 +425,7 @@ def cli_startup(ctx: Context) -> float:
 # ---------------------------------------------------------------------------------------------
 # Reporting
 # ---------------------------------------------------------------------------------------------
+
 
 def input_size(text: str) -> int:
     """An argparse type: a size as the library reads it, at least two blocks (the input's
@@ -380,8 +447,10 @@ def summarise(results: dict[str, list[Run]]) -> dict[str, dict[str, Any]]:
         speeds = [r.mbps for r in runs]
         stored = [r.stored_bytes for r in runs if r.stored_bytes is not None]
         rows[key] = {
-            "tool": LABELS[key][0], "operation": LABELS[key][1],
-            "mbps_median": statistics.median(speeds), "mbps_min": min(speeds),
+            "tool": LABELS[key][0],
+            "operation": LABELS[key][1],
+            "mbps_median": statistics.median(speeds),
+            "mbps_min": min(speeds),
             "mbps_max": max(speeds),
             "mbps_synced_median": statistics.median(r.mbps_synced for r in runs),
             "cpu_s_median": statistics.median(r.user_s + r.sys_s for r in runs),
@@ -406,26 +475,49 @@ def ratios(results: dict[str, list[Run]]) -> list[dict[str, Any]]:
             continue
         paired = [x.mbps / y.mbps for x, y in zip(a, b, strict=True)]
         ratio = statistics.median(x.mbps for x in a) / statistics.median(y.mbps for y in b)
-        out.append({"subject": LABELS[subject][0], "reference": LABELS[ref][0], "goal": goal,
-                    "ratio": ratio, "paired_min": min(paired), "paired_max": max(paired),
-                    "met": ratio >= goal})
+        out.append(
+            {
+                "subject": LABELS[subject][0],
+                "reference": LABELS[ref][0],
+                "goal": goal,
+                "ratio": ratio,
+                "paired_min": min(paired),
+                "paired_max": max(paired),
+                "met": ratio >= goal,
+            }
+        )
     return out
 
 
 def table_rows(rows: dict[str, dict[str, Any]], size: int) -> tuple[list[str], list[list[str]]]:
-    header = ["tool", "op", "MB/s median", "MB/s min–max", "MB/s incl. sync", "CPU s",
-              "peak RSS MiB", "stored"]
+    header = [
+        "tool",
+        "op",
+        "MB/s median",
+        "MB/s min–max",
+        "MB/s incl. sync",
+        "CPU s",
+        "peak RSS MiB",
+        "stored",
+    ]
     body = []
     for key in LABELS:
         if key not in rows:
             continue
         r = rows[key]
-        stored = ("" if r["stored_bytes"] is None
-                  else f"{r['stored_bytes'] / size:.1%}")
-        body.append([r["tool"], r["operation"], f"{r['mbps_median']:.0f}",
-                     f"{r['mbps_min']:.0f}–{r['mbps_max']:.0f}", f"{r['mbps_synced_median']:.0f}",
-                     f"{r['cpu_s_median']:.2f}",
-                     f"{'' if r['peak_rss_exact'] else '~'}{r['peak_rss_mib']:.0f}", stored])
+        stored = "" if r["stored_bytes"] is None else f"{r['stored_bytes'] / size:.1%}"
+        body.append(
+            [
+                r["tool"],
+                r["operation"],
+                f"{r['mbps_median']:.0f}",
+                f"{r['mbps_min']:.0f}–{r['mbps_max']:.0f}",
+                f"{r['mbps_synced_median']:.0f}",
+                f"{r['cpu_s_median']:.2f}",
+                f"{'' if r['peak_rss_exact'] else '~'}{r['peak_rss_mib']:.0f}",
+                stored,
+            ]
+        )
     return header, body
 
 
@@ -434,8 +526,11 @@ def render_text(header: list[str], body: list[list[str]]) -> str:
     numeric = {i for i in range(2, len(header))}
 
     def line(cells: list[str]) -> str:
-        return "  ".join(c.rjust(w) if i in numeric else c.ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+        return "  ".join(
+            c.rjust(w) if i in numeric else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, body)])
 
 
@@ -459,42 +554,55 @@ def report(data: dict[str, Any]) -> str:
     header, body = table_rows(rows, size)
     if body:
         lines.append(render_text(header, body))
-        lines += ["",
-                  "  MB/s incl. sync counts the `sync` after each command too: chunkstore fsyncs "
-                  "before it returns, zstd and cp do not.",
-                  "  stored = bytes on disk after add / input size. peak RSS includes "
-                  "file-backed mapped pages; ~ = sampled VmHWM",
-                  "  (the tool peaked below this script's own RSS, which Linux folds into "
-                  "ru_maxrss).", ""]
+        lines += [
+            "",
+            "  MB/s incl. sync counts the `sync` after each command too: chunkstore fsyncs "
+            "before it returns, zstd and cp do not.",
+            "  stored = bytes on disk after add / input size. peak RSS includes "
+            "file-backed mapped pages; ~ = sampled VmHWM",
+            "  (the tool peaked below this script's own RSS, which Linux folds into ru_maxrss).",
+            "",
+        ]
     lines.append("ratios (chunkstore / reference, median MB/s; per-repetition range in brackets):")
     for r in data["ratios"]:
         verdict = "ok" if r["met"] else "MISSED"
-        lines.append(f"  {r['subject'].split()[1]:<3} / {r['reference']:<15} = {r['ratio']:.2f}x "
-                     f"[{r['paired_min']:.2f}–{r['paired_max']:.2f}]  (goal >= {r['goal']:.1f}x)"
-                     f"  {verdict}")
+        lines.append(
+            f"  {r['subject'].split()[1]:<3} / {r['reference']:<15} = {r['ratio']:.2f}x "
+            f"[{r['paired_min']:.2f}–{r['paired_max']:.2f}]  (goal >= {r['goal']:.1f}x)"
+            f"  {verdict}"
+        )
     rss = data.get("rss")
     if rss:
-        lines += ["", f"peak RSS on a {format_size(rss['size'])} file "
-                      f"(goal < {rss['goal_mib']:.0f} MiB):"]
+        lines += [
+            "",
+            f"peak RSS on a {format_size(rss['size'])} file (goal < {rss['goal_mib']:.0f} MiB):",
+        ]
         for op in ("add", "get"):
             r = rss[op]
             peak = r["maxrss_kib"] / KiB
             verdict = "ok" if peak < rss["goal_mib"] else "MISSED"
-            lines.append(f"  chunkstore {op}: {'' if r['maxrss_exact'] else '~'}{peak:6.1f} MiB"
-                         f"  (sampled peaks: anon "
-                         f"{r['peak_anon_kib'] / KiB:.0f} MiB, file-backed "
-                         f"{r['peak_file_kib'] / KiB:.0f} MiB; {r['mbps']:.0f} MB/s)  {verdict}")
+            lines.append(
+                f"  chunkstore {op}: {'' if r['maxrss_exact'] else '~'}{peak:6.1f} MiB"
+                f"  (sampled peaks: anon "
+                f"{r['peak_anon_kib'] / KiB:.0f} MiB, file-backed "
+                f"{r['peak_file_kib'] / KiB:.0f} MiB; {r['mbps']:.0f} MB/s)  {verdict}"
+            )
     if body:
         lines += ["", "markdown:", "", render_markdown(header, body), ""]
-        md_ratios = [f"| {r['subject']} / {r['reference']} | {r['ratio']:.2f}x | "
-                     f">= {r['goal']:.1f}x | {'ok' if r['met'] else 'missed'} |"
-                     for r in data["ratios"]]
+        md_ratios = [
+            f"| {r['subject']} / {r['reference']} | {r['ratio']:.2f}x | "
+            f">= {r['goal']:.1f}x | {'ok' if r['met'] else 'missed'} |"
+            for r in data["ratios"]
+        ]
         if md_ratios:
             lines += ["| ratio | measured | goal | |", "|---|---:|---:|---|", *md_ratios, ""]
         if rss:
             lines += [f"| {format_size(rss['size'])} file | peak RSS | goal |", "|---|---:|---:|"]
-            lines += [f"| chunkstore {op} | {rss[op]['maxrss_kib'] / KiB:.0f} MiB | "
-                      f"< {rss['goal_mib']:.0f} MiB |" for op in ("add", "get")]
+            lines += [
+                f"| chunkstore {op} | {rss[op]['maxrss_kib'] / KiB:.0f} MiB | "
+                f"< {rss['goal_mib']:.0f} MiB |"
+                for op in ("add", "get")
+            ]
     return "\n".join(lines)
 
 
@@ -502,17 +610,23 @@ def report(data: dict[str, Any]) -> str:
 # Main
 # ---------------------------------------------------------------------------------------------
 
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=input_size, default=1 * GiB, help="comparison file size (1GiB)")
     p.add_argument("--repeat", type=int, default=3, help="repetitions of the comparison (3)")
-    p.add_argument("--workdir", type=Path, help="make the temporary directory inside DIR "
-                   "(same filesystem as the outputs; default: the system temp dir)")
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        help="make the temporary directory inside DIR "
+        "(same filesystem as the outputs; default: the system temp dir)",
+    )
     p.add_argument("--json", type=Path, metavar="OUT.json", help="also write the data as JSON")
     p.add_argument("--skip-restic", action="store_true", help="do not compare with restic")
     rss = p.add_mutually_exclusive_group()
-    rss.add_argument("--rss-size", type=input_size, default=4 * GiB,
-                     help="file size for the peak-RSS run (4GiB)")
+    rss.add_argument(
+        "--rss-size", type=input_size, default=4 * GiB, help="file size for the peak-RSS run (4GiB)"
+    )
     rss.add_argument("--no-rss", action="store_true", help="skip the peak-RSS run")
     args = p.parse_args(argv)
     if args.repeat < 1:
@@ -523,13 +637,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def run_benchmark(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     have = ensure_tools(not args.skip_restic)
     chunkstore = chunkstore_cmd()
-    if subprocess.run([*chunkstore, "--help"], stdout=subprocess.DEVNULL,
-                      stderr=subprocess.DEVNULL).returncode != 0:
+    if (
+        subprocess.run(
+            [*chunkstore, "--help"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        ).returncode
+        != 0
+    ):
         raise BenchError(f"{shlex.join(chunkstore)} does not run: is the project installed?")
-    ctx = Context(work=work, input=work / "input.bin", size=args.size, digest="", have=have,
-                  chunkstore=chunkstore, log=work / "commands.log",
-                  restic_env={**os.environ, "RESTIC_PASSWORD": RESTIC_PASSWORD,
-                              "RESTIC_CACHE_DIR": str(work / "restic-cache")})
+    ctx = Context(
+        work=work,
+        input=work / "input.bin",
+        size=args.size,
+        digest="",
+        have=have,
+        chunkstore=chunkstore,
+        log=work / "commands.log",
+        restic_env={
+            **os.environ,
+            "RESTIC_PASSWORD": RESTIC_PASSWORD,
+            "RESTIC_CACHE_DIR": str(work / "restic-cache"),
+        },
+    )
 
     print(f"generating {format_size(args.size)} input in {work} ...", flush=True)
     start = time.perf_counter()
@@ -543,15 +671,20 @@ def run_benchmark(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         bench_get(ctx, rep, made, results)
         for path in made.values():  # this repetition's stores: the next one starts fresh
             shutil.rmtree(path) if path.is_dir() else path.unlink()
-        line = "  ".join(f"{LABELS[k][0]} {runs[-1].mbps:.0f}" for k, runs in results.items()
-                         if len(runs) == rep + 1)
+        line = "  ".join(
+            f"{LABELS[k][0]} {runs[-1].mbps:.0f}"
+            for k, runs in results.items()
+            if len(runs) == rep + 1
+        )
         print(f"  MB/s: {line}", flush=True)
     ctx.input.unlink()
 
     data: dict[str, Any] = {
-        "size": args.size, "repeat": args.repeat, "seed": SEED,
+        "size": args.size,
+        "repeat": args.repeat,
+        "seed": SEED,
         "machine": f"{platform.node()}: {os.cpu_count()} CPUs, {platform.platform()}, "
-                   f"Python {platform.python_version()}",
+        f"Python {platform.python_version()}",
         "versions": {
             "zstd": tool_version(["zstd", "--version"]) if have["zstd"] else None,
             "restic": tool_version(["restic", "version"]) if have["restic"] else None,

@@ -44,8 +44,9 @@ def counts(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a list of holder counts: {text!r} "
-                                         "(example: 1,2,4,8)") from None
+        raise argparse.ArgumentTypeError(
+            f"not a list of holder counts: {text!r} (example: 1,2,4,8)"
+        ) from None
     if min(values) < 1:
         raise argparse.ArgumentTypeError(f"holder counts must be at least 1: {text!r}")
     return values
@@ -64,38 +65,63 @@ def rate(text: str) -> float:
     except InputError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     if value is None:
-        raise argparse.ArgumentTypeError("the cap must be a rate (uncapped runs are separate: "
-                                         "--uncapped-holders)")
+        raise argparse.ArgumentTypeError(
+            "the cap must be a rate (uncapped runs are separate: --uncapped-holders)"
+        )
     return value
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=size, default="512MiB", help="file size (512MiB)")
-    p.add_argument("--holders", type=counts, default="1,2,4,8",
-                   help="holder counts of the capped sweep (1,2,4,8)")
-    p.add_argument("--rate", type=rate, default="25MB",
-                   help="cap per holder and per mirror, bytes/s (25MB = 25*10^6 B/s)")
+    p.add_argument(
+        "--holders",
+        type=counts,
+        default="1,2,4,8",
+        help="holder counts of the capped sweep (1,2,4,8)",
+    )
+    p.add_argument(
+        "--rate",
+        type=rate,
+        default="25MB",
+        help="cap per holder and per mirror, bytes/s (25MB = 25*10^6 B/s)",
+    )
     p.add_argument("--repeat", type=int, default=3, help="repetitions of each point (3)")
-    p.add_argument("--content", choices=[*CONTENTS, "both"], default="both",
-                   help="file: mixed (half random, half text), random (incompressible: "
-                        "equal wire bytes for both tools) or both (default)")
-    p.add_argument("--incompressible", action="store_true",
-                   help="same as --content random")
-    p.add_argument("--uncapped-holders", type=counts, default="1,3",
-                   help="holder counts of the uncapped runs, or none (1,3)")
+    p.add_argument(
+        "--content",
+        choices=[*CONTENTS, "both"],
+        default="both",
+        help="file: mixed (half random, half text), random (incompressible: "
+        "equal wire bytes for both tools) or both (default)",
+    )
+    p.add_argument("--incompressible", action="store_true", help="same as --content random")
+    p.add_argument(
+        "--uncapped-holders",
+        type=counts,
+        default="1,3",
+        help="holder counts of the uncapped runs, or none (1,3)",
+    )
     p.add_argument("--no-aria2c", action="store_true", help="skip the aria2c comparison")
     p.add_argument("--no-local", action="store_true", help="skip the local-get ceiling")
-    p.add_argument("--netns", action="store_true",
-                   help="holders and mirrors in network namespaces, links shaped by tc to "
-                        "--rate (root only)")
-    p.add_argument("--no-install", action="store_true",
-                   help="do not apt-get install missing aria2 / nginx-light")
+    p.add_argument(
+        "--netns",
+        action="store_true",
+        help="holders and mirrors in network namespaces, links shaped by tc to --rate (root only)",
+    )
+    p.add_argument(
+        "--no-install",
+        action="store_true",
+        help="do not apt-get install missing aria2 / nginx-light",
+    )
     p.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                   help=f"output directory ({DEFAULT_OUT})")
-    p.add_argument("--workdir", type=Path,
-                   help="make the temporary directory inside DIR (default: system temp)")
+    p.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"output directory ({DEFAULT_OUT})"
+    )
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        help="make the temporary directory inside DIR (default: system temp)",
+    )
     args = p.parse_args(argv)
     if args.repeat < 1:
         p.error("--repeat must be at least 1")
@@ -116,11 +142,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(line, flush=True)
 
     try:
-        config = BenchConfig(size=args.size, holders=args.holders, rate=args.rate,
-                             repeat=args.repeat, contents=contents,
-                             uncapped_holders=args.uncapped_holders, aria2c=not args.no_aria2c,
-                             local_get=not args.no_local, netns=args.netns,
-                             workdir=args.workdir)
+        config = BenchConfig(
+            size=args.size,
+            holders=args.holders,
+            rate=args.rate,
+            repeat=args.repeat,
+            contents=contents,
+            uncapped_holders=args.uncapped_holders,
+            aria2c=not args.no_aria2c,
+            local_get=not args.no_local,
+            netns=args.netns,
+            workdir=args.workdir,
+        )
         missing = missing_tools(config)
         if missing and not args.no_install:
             install_tools(missing, report)
@@ -137,8 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(render_markdown(result))
     paths = write_outputs(result, args.out, plot=not args.no_plot)
-    print(f"took {result.seconds / 60:.1f} min; wrote "
-          + ", ".join(str(p) for p in paths.values()))
+    print(f"took {result.seconds / 60:.1f} min; wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 

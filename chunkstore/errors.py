@@ -46,8 +46,9 @@ class UnsafeOutputName(InputError):
 
     def __init__(self, name: str) -> None:
         self.name = name
-        super().__init__(f"name {name!r} cannot be used as an output file name; "
-                         "give an output path")
+        super().__init__(
+            f"name {name!r} cannot be used as an output file name; give an output path"
+        )
 
 
 class NotFound(ChunkstoreError):
@@ -62,8 +63,9 @@ class NoNetwork(NotFound):
     def __init__(self, detail: str, *, bootstrap_helps: bool = True) -> None:
         self.detail = detail
         self.bootstrap_helps = bootstrap_helps
-        remedy = "start a node on this home" + (" or give bootstrap addresses"
-                                                if bootstrap_helps else "")
+        remedy = "start a node on this home" + (
+            " or give bootstrap addresses" if bootstrap_helps else ""
+        )
         super().__init__(f"{detail}: {remedy}")
 
 

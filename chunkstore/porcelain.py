@@ -68,9 +68,15 @@ def _chunker(chunker: str | ChunkerParams) -> ChunkerParams:
     raise InputError(f"unknown chunker {chunker!r}: choose {FASTCDC} or {FIXED}")
 
 
-def add(path: str | os.PathLike[str], *, name: str | None = None, home: Home = None,
-        level: int = DEFAULT_LEVEL, chunker: str | ChunkerParams = FASTCDC,
-        progress: Progress | None = None) -> AddResult:
+def add(
+    path: str | os.PathLike[str],
+    *,
+    name: str | None = None,
+    home: Home = None,
+    level: int = DEFAULT_LEVEL,
+    chunker: str | ChunkerParams = FASTCDC,
+    progress: Progress | None = None,
+) -> AddResult:
     """Chunk, hash, compress and store the file at `path` under `name` (default: its base
     name), replacing what that name pointed at. `progress(n)` is called as bytes are read.
 
@@ -80,13 +86,18 @@ def add(path: str | os.PathLike[str], *, name: str | None = None, home: Home = N
         raise InputError(f"zstd level must be 1..22, not {level}")
     params = _chunker(chunker)
     with open_store(home) as store:
-        return add_file(store, path, name=name, level=level, chunker=params,
-                        progress=progress)
+        return add_file(store, path, name=name, level=level, chunker=params, progress=progress)
 
 
-def _local_get(store: Store, name_or_id: str, output: Output | None, *, force: bool,
-               progress: Progress | None,
-               on_total: Callable[[int], None] | None) -> GetResult | None:
+def _local_get(
+    store: Store,
+    name_or_id: str,
+    output: Output | None,
+    *,
+    force: bool,
+    progress: Progress | None,
+    on_total: Callable[[int], None] | None,
+) -> GetResult | None:
     """The file written from the local store when it is complete there (`output=None`:
     nothing to write), else None."""
     started = time.monotonic()
@@ -98,12 +109,20 @@ def _local_get(store: Store, name_or_id: str, output: Output | None, *, force: b
         return None
     if on_total:
         on_total(manifest.size)
-    shown = "" if output is None else restore(store, manifest, output, force=force,
-                                              progress=progress)
-    return GetResult(name=name_or_id if store.lookup_name(name_or_id) == mid else "",
-                     manifest_id=mid.hex(), size=manifest.size, chunks=len(manifest.chunks),
-                     chunks_fetched=0, chunks_reused=len({r.chunk_id for r in manifest.chunks}),
-                     bytes_fetched=0, seconds=time.monotonic() - started, output=shown)
+    shown = (
+        "" if output is None else restore(store, manifest, output, force=force, progress=progress)
+    )
+    return GetResult(
+        name=name_or_id if store.lookup_name(name_or_id) == mid else "",
+        manifest_id=mid.hex(),
+        size=manifest.size,
+        chunks=len(manifest.chunks),
+        chunks_fetched=0,
+        chunks_reused=len({r.chunk_id for r in manifest.chunks}),
+        bytes_fetched=0,
+        seconds=time.monotonic() - started,
+        output=shown,
+    )
 
 
 def _no_network(store: Store, name_or_id: str) -> NoNetwork:
@@ -112,13 +131,21 @@ def _no_network(store: Store, name_or_id: str) -> NoNetwork:
         state = "is incomplete in"
     except NotFound:
         state = "is not in"
-    return NoNetwork(f"{name_or_id!r} {state} the local store and no node serves "
-                     f"{store.home} to fetch it")
+    return NoNetwork(
+        f"{name_or_id!r} {state} the local store and no node serves {store.home} to fetch it"
+    )
 
 
-def get(name_or_id: str, output: Target, *, home: Home = None, bootstrap: Bootstrap = (),
-        force: bool = False, progress: Progress | None = None,
-        on_total: Callable[[int], None] | None = None) -> GetResult:
+def get(
+    name_or_id: str,
+    output: Target,
+    *,
+    home: Home = None,
+    bootstrap: Bootstrap = (),
+    force: bool = False,
+    progress: Progress | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> GetResult:
     """Write the file `name_or_id` (a name or a manifest id) to `output`, for scripts.
 
     From the local store when the file is complete there (no network code is loaded); else
@@ -133,8 +160,9 @@ def get(name_or_id: str, output: Target, *, home: Home = None, bootstrap: Bootst
     peers = parse_addresses(bootstrap)
     target = as_output(output)
     with open_store(home) as store:
-        local = _local_get(store, name_or_id, target, force=force, progress=progress,
-                           on_total=on_total)
+        local = _local_get(
+            store, name_or_id, target, force=force, progress=progress, on_total=on_total
+        )
         if local is not None:
             return local
         try:
@@ -142,34 +170,53 @@ def get(name_or_id: str, output: Target, *, home: Home = None, bootstrap: Bootst
         except RuntimeError:
             pass
         else:
-            raise ChunkstoreError("chunkstore.get() cannot run inside an event loop: "
-                                  "use `await chunkstore.fetch(...)` there")
-        return asyncio.run(_fetch_remote(store, name_or_id, target, peers, force=force,
-                                         progress=progress, on_total=on_total))
+            raise ChunkstoreError(
+                "chunkstore.get() cannot run inside an event loop: "
+                "use `await chunkstore.fetch(...)` there"
+            )
+        return asyncio.run(
+            _fetch_remote(
+                store, name_or_id, target, peers, force=force, progress=progress, on_total=on_total
+            )
+        )
 
 
-async def fetch(name_or_id: str, output: Target | None, *, home: Home = None,
-                bootstrap: Bootstrap = (), force: bool = False,
-                progress: Progress | None = None,
-                on_total: Callable[[int], None] | None = None) -> GetResult:
+async def fetch(
+    name_or_id: str,
+    output: Target | None,
+    *,
+    home: Home = None,
+    bootstrap: Bootstrap = (),
+    force: bool = False,
+    progress: Progress | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> GetResult:
     """`get` for code already inside an event loop; `output=None` fills the store only.
 
     A local restore runs on a worker thread, so the loop keeps running meanwhile."""
     peers = parse_addresses(bootstrap)
     target = None if output is None else as_output(output)
     with open_store(home) as store:
-        local = await asyncio.to_thread(_local_get, store, name_or_id, target, force=force,
-                                        progress=progress, on_total=on_total)
+        local = await asyncio.to_thread(
+            _local_get, store, name_or_id, target, force=force, progress=progress, on_total=on_total
+        )
         if local is not None:
             return local
-        return await _fetch_remote(store, name_or_id, target, peers, force=force,
-                                   progress=progress, on_total=on_total)
+        return await _fetch_remote(
+            store, name_or_id, target, peers, force=force, progress=progress, on_total=on_total
+        )
 
 
-async def _fetch_remote(store: Store, name_or_id: str, output: Output | None,
-                        bootstrap: list[tuple[str, int]], *, force: bool,
-                        progress: Progress | None,
-                        on_total: Callable[[int], None] | None) -> GetResult:
+async def _fetch_remote(
+    store: Store,
+    name_or_id: str,
+    output: Output | None,
+    bootstrap: list[tuple[str, int]],
+    *,
+    force: bool,
+    progress: Progress | None,
+    on_total: Callable[[int], None] | None,
+) -> GetResult:
     from chunkstore.net.download import fetch_file
     from chunkstore.net.lookup import open_lookup
     from chunkstore.net.node import Node, running_node
@@ -178,8 +225,16 @@ async def _fetch_remote(store: Store, name_or_id: str, output: Output | None,
     if not bootstrap and Node.serving(store.home) is None and running_node(store.home) is None:
         raise _no_network(store, name_or_id)
     async with open_lookup(store.home, bootstrap) as lookup, TransferClient() as client:
-        return await fetch_file(store, lookup, client, name_or_id, output, force=force,
-                                progress=progress, on_total=on_total)
+        return await fetch_file(
+            store,
+            lookup,
+            client,
+            name_or_id,
+            output,
+            force=force,
+            progress=progress,
+            on_total=on_total,
+        )
 
 
 def ls(*, home: Home = None) -> list[FileEntry]:
@@ -195,8 +250,9 @@ def stat(name_or_id: str, *, home: Home = None) -> FileInfo:
         return file_info(store, name_or_id)
 
 
-def verify(name_or_id: str | None = None, *, home: Home = None,
-           progress: Progress | None = None) -> VerifyReport:
+def verify(
+    name_or_id: str | None = None, *, home: Home = None, progress: Progress | None = None
+) -> VerifyReport:
     """Re-hash every chunk of the store (or of one file); the report lists what is corrupt
     or missing (`report.ok` is False then). Raises NotFound for an unknown file."""
     with open_store(home) as store:
@@ -222,8 +278,10 @@ def _run(coro_fn: Callable[[], object], what: str) -> object:
         asyncio.get_running_loop()
     except RuntimeError:
         return asyncio.run(coro_fn())
-    raise ChunkstoreError(f"chunkstore.{what}() cannot run inside an event loop: use a "
-                          f"running chunkstore.Node's {what}() there")
+    raise ChunkstoreError(
+        f"chunkstore.{what}() cannot run inside an event loop: use a "
+        f"running chunkstore.Node's {what}() there"
+    )
 
 
 def providers(object_id: str, *, home: Home = None, bootstrap: Bootstrap = ()) -> list[Holder]:
@@ -240,11 +298,13 @@ def providers(object_id: str, *, home: Home = None, bootstrap: Bootstrap = ()) -
         with open_store(home) as store:
             async with open_lookup(store.home, peers) as lookup:
                 return await lookup.find_providers(oid)
+
     return _run(lookup_holders, "providers")  # type: ignore[return-value]
 
 
 def peers(*, home: Home = None) -> list[Contact]:
     """The routing-table contacts of the node serving `home`; NoNetwork without one."""
+
     async def contacts() -> list[Contact]:
         from chunkstore.net.dht import Contact
         from chunkstore.net.lookup import NodeApiLookup
@@ -269,4 +329,5 @@ def peers(*, home: Home = None) -> list[Contact]:
             except (TypeError, KeyError, ValueError):
                 continue
         return found
+
     return _run(contacts, "peers")  # type: ignore[return-value]

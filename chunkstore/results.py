@@ -32,11 +32,11 @@ class GetResult:
     manifest_id: str
     size: int
     chunks: int
-    chunks_fetched: int       # distinct chunks that came over the network
-    chunks_reused: int        # distinct chunks already in the local store
-    bytes_fetched: int        # raw bytes that came over the network
+    chunks_fetched: int  # distinct chunks that came over the network
+    chunks_reused: int  # distinct chunks already in the local store
+    bytes_fetched: int  # raw bytes that came over the network
     seconds: float
-    output: str               # the path written, "-" for a stream, "" for the store only
+    output: str  # the path written, "-" for a stream, "" for the store only
     sources: dict[str, int] = field(default_factory=dict)  # "host:port" -> raw bytes delivered
 
     @property
@@ -74,8 +74,8 @@ class VerifyReport:
 
     chunks_checked: int = 0
     bytes_checked: int = 0
-    corrupt: list[str] = field(default_factory=list)   # chunk ids (hex)
-    missing: list[str] = field(default_factory=list)   # referenced by a manifest, absent
+    corrupt: list[str] = field(default_factory=list)  # chunk ids (hex)
+    missing: list[str] = field(default_factory=list)  # referenced by a manifest, absent
 
     @property
     def ok(self) -> bool:

@@ -33,45 +33,67 @@ from chunkstore_cli.render import (
     stderr,
 )
 
-app = typer.Typer(help="Content-addressed file distribution: add files, get them back.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Content-addressed file distribution: add files, get them back.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 
-BootstrapOpt = Annotated[list[str] | None, typer.Option(
-    "--bootstrap", help="HOST:PORT of a node's DHT to join (repeatable).")]
-HomeOpt = Annotated[Path | None, typer.Option(
-    "--home", help="Store directory (default: $CHUNKSTORE_HOME or ~/.chunkstore).")]
+BootstrapOpt = Annotated[
+    list[str] | None,
+    typer.Option("--bootstrap", help="HOST:PORT of a node's DHT to join (repeatable)."),
+]
+HomeOpt = Annotated[
+    Path | None,
+    typer.Option("--home", help="Store directory (default: $CHUNKSTORE_HOME or ~/.chunkstore)."),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
 
 
 @app.command()
-def add(path: Annotated[Path, typer.Argument(help="File to add.")],
-        name: Annotated[str | None, typer.Option(help="Name (default: file name).")] = None,
-        level: Annotated[int, typer.Option(min=1, max=22, help="zstd level.")] = DEFAULT_LEVEL,
-        chunker: Annotated[str, typer.Option(help=f"{FASTCDC} or {FIXED}.")] = FASTCDC,
-        home: HomeOpt = None, json: JsonOpt = False) -> None:
+def add(
+    path: Annotated[Path, typer.Argument(help="File to add.")],
+    name: Annotated[str | None, typer.Option(help="Name (default: file name).")] = None,
+    level: Annotated[int, typer.Option(min=1, max=22, help="zstd level.")] = DEFAULT_LEVEL,
+    chunker: Annotated[str, typer.Option(help=f"{FASTCDC} or {FIXED}.")] = FASTCDC,
+    home: HomeOpt = None,
+    json: JsonOpt = False,
+) -> None:
     """Add a file to the store."""
     with errors_as_messages():
         if chunker not in (FASTCDC, FIXED):
             raise fail(f"unknown chunker {chunker!r}: choose {FASTCDC} or {FIXED}", 2)
         size = path.stat().st_size if path.is_file() else 0
         with progress_bar("add", size, not json) as progress:
-            result = chunkstore.add(path, name=name, home=home, level=level, chunker=chunker,
-                                    progress=progress)
-        emit(result, json, lambda r: [
-            f"added {r.name}",
-            f"  id      {r.manifest_id}",
-            f"  size    {format_size(r.size)} ({r.size} bytes)",
-            f"  chunks  {r.chunks} ({r.new_chunks} new, {r.dedup_chunks} deduplicated)",
-            f"  stored  {format_size(r.stored_bytes)} new",
-        ])
+            result = chunkstore.add(
+                path, name=name, home=home, level=level, chunker=chunker, progress=progress
+            )
+        emit(
+            result,
+            json,
+            lambda r: [
+                f"added {r.name}",
+                f"  id      {r.manifest_id}",
+                f"  size    {format_size(r.size)} ({r.size} bytes)",
+                f"  chunks  {r.chunks} ({r.new_chunks} new, {r.dedup_chunks} deduplicated)",
+                f"  stored  {format_size(r.stored_bytes)} new",
+            ],
+        )
 
 
 @app.command()
-def get(name_or_id: Annotated[str, typer.Argument(help="File name or manifest id.")],
-        output: Annotated[str | None, typer.Option(
-            "-o", "--output", help="Output path, or - for stdout (default: ./NAME).")] = None,
-        force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
-        bootstrap: BootstrapOpt = None, home: HomeOpt = None, json: JsonOpt = False) -> None:
+def get(
+    name_or_id: Annotated[str, typer.Argument(help="File name or manifest id.")],
+    output: Annotated[
+        str | None,
+        typer.Option("-o", "--output", help="Output path, or - for stdout (default: ./NAME)."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+    bootstrap: BootstrapOpt = None,
+    home: HomeOpt = None,
+    json: JsonOpt = False,
+) -> None:
     """Get a file: from the local store if complete, else from every peer that holds it."""
     with errors_as_messages():
         peers = [parse_address(a) for a in bootstrap or []]
@@ -80,15 +102,32 @@ def get(name_or_id: Annotated[str, typer.Argument(help="File name or manifest id
         else:
             target = Path(output) if output else Path(safe_output_name(name_or_id))
         with progress_bar("get", None, not json and output != "-") as bar:
-            result = chunkstore.get(name_or_id, target, home=home, bootstrap=peers,
-                                    force=force, progress=bar, on_total=bar and bar.total)
+            result = chunkstore.get(
+                name_or_id,
+                target,
+                home=home,
+                bootstrap=peers,
+                force=force,
+                progress=bar,
+                on_total=bar and bar.total,
+            )
         if output != "-":
-            emit(result, json, lambda r: [
-                f"wrote {r.output} ({format_size(r.size)}, {r.chunks} chunks)",
-                *([f"fetched {format_size(r.bytes_fetched)} in {r.seconds:.1f} s "
-                   f"({r.throughput / 1e6:.1f} MB/s) from {len(r.sources)} peer(s), "
-                   f"{r.chunks_reused} chunks already local"] if r.chunks_fetched else []),
-            ])
+            emit(
+                result,
+                json,
+                lambda r: [
+                    f"wrote {r.output} ({format_size(r.size)}, {r.chunks} chunks)",
+                    *(
+                        [
+                            f"fetched {format_size(r.bytes_fetched)} in {r.seconds:.1f} s "
+                            f"({r.throughput / 1e6:.1f} MB/s) from {len(r.sources)} peer(s), "
+                            f"{r.chunks_reused} chunks already local"
+                        ]
+                        if r.chunks_fetched
+                        else []
+                    ),
+                ],
+            )
 
 
 @app.command("ls")
@@ -100,64 +139,96 @@ def ls(home: HomeOpt = None, json: JsonOpt = False) -> None:
             emit([f.__dict__ for f in files], True, list)
         else:
             for f in files:
-                typer.echo(f"{f.manifest_id[:16]}  {format_size(f.size):>10}  {f.chunks:>6} chunks"
-                           f"  {f.name}")
+                typer.echo(
+                    f"{f.manifest_id[:16]}  {format_size(f.size):>10}  {f.chunks:>6} chunks"
+                    f"  {f.name}"
+                )
 
 
 @app.command()
-def stat(name: Annotated[str, typer.Argument(help="File name or manifest id.")],
-         home: HomeOpt = None, json: JsonOpt = False) -> None:
+def stat(
+    name: Annotated[str, typer.Argument(help="File name or manifest id.")],
+    home: HomeOpt = None,
+    json: JsonOpt = False,
+) -> None:
     """Show one file's manifest: size, chunks, chunker, stored bytes."""
     with errors_as_messages():
-        emit(chunkstore.stat(name, home=home), json, lambda i: [
-            f"name      {i.name}", f"id        {i.manifest_id}",
-            f"size      {format_size(i.size)} ({i.size} bytes)",
-            f"chunks    {i.chunks} ({i.chunks_present} present locally)",
-            f"chunker   {i.chunker}", f"stored    {format_size(i.stored_bytes)}",
-        ])
+        emit(
+            chunkstore.stat(name, home=home),
+            json,
+            lambda i: [
+                f"name      {i.name}",
+                f"id        {i.manifest_id}",
+                f"size      {format_size(i.size)} ({i.size} bytes)",
+                f"chunks    {i.chunks} ({i.chunks_present} present locally)",
+                f"chunker   {i.chunker}",
+                f"stored    {format_size(i.stored_bytes)}",
+            ],
+        )
 
 
 @app.command()
-def verify(name: Annotated[str | None, typer.Argument(help="Only this file.")] = None,
-           home: HomeOpt = None, json: JsonOpt = False) -> None:
+def verify(
+    name: Annotated[str | None, typer.Argument(help="Only this file.")] = None,
+    home: HomeOpt = None,
+    json: JsonOpt = False,
+) -> None:
     """Re-hash every chunk; list corrupt or missing ones and exit non-zero if any."""
     with errors_as_messages():
         report = chunkstore.verify(name, home=home)
-        emit(report, json, lambda r: [
-            f"checked {r.chunks_checked} chunks ({format_size(r.bytes_checked)})",
-            *[f"corrupt chunk {c}" for c in r.corrupt],
-            *[f"missing chunk {c}" for c in r.missing],
-            "ok" if r.ok else f"FAILED: {len(r.corrupt)} corrupt, {len(r.missing)} missing",
-        ])
+        emit(
+            report,
+            json,
+            lambda r: [
+                f"checked {r.chunks_checked} chunks ({format_size(r.bytes_checked)})",
+                *[f"corrupt chunk {c}" for c in r.corrupt],
+                *[f"missing chunk {c}" for c in r.missing],
+                "ok" if r.ok else f"FAILED: {len(r.corrupt)} corrupt, {len(r.missing)} missing",
+            ],
+        )
         if not report.ok:
             raise typer.Exit(1)
 
 
 @app.command()
-def rm(name: Annotated[str, typer.Argument(help="File name to remove.")],
-       home: HomeOpt = None, json: JsonOpt = False) -> None:
+def rm(
+    name: Annotated[str, typer.Argument(help="File name to remove.")],
+    home: HomeOpt = None,
+    json: JsonOpt = False,
+) -> None:
     """Remove a name (its chunks are freed by gc)."""
     with errors_as_messages():
-        emit(chunkstore.rm(name, home=home), json,
-             lambda r: [f"removed {r.name} ({r.manifest_id[:16]}); run gc to free space"])
+        emit(
+            chunkstore.rm(name, home=home),
+            json,
+            lambda r: [f"removed {r.name} ({r.manifest_id[:16]}); run gc to free space"],
+        )
 
 
 @app.command()
 def gc(home: HomeOpt = None, json: JsonOpt = False) -> None:
     """Delete chunks that no manifest references."""
     with errors_as_messages():
-        emit(chunkstore.gc(home=home), json, lambda r: [
-            f"deleted {r.chunks_deleted} chunks, freed {format_size(r.bytes_freed)}"])
+        emit(
+            chunkstore.gc(home=home),
+            json,
+            lambda r: [f"deleted {r.chunks_deleted} chunks, freed {format_size(r.bytes_freed)}"],
+        )
 
 
 @app.command()
-def serve(host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
-          port: Annotated[int, typer.Option(
-              help="UDP port of the DHT and TCP port of transfers (0: the OS picks).")] = 0,
-          bootstrap: BootstrapOpt = None,
-          upload_rate: Annotated[str | None, typer.Option(
-              help="Cap on upload bytes/s, e.g. 25MB (default: none).")] = None,
-          home: HomeOpt = None, json: JsonOpt = False) -> None:
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
+    port: Annotated[
+        int, typer.Option(help="UDP port of the DHT and TCP port of transfers (0: the OS picks).")
+    ] = 0,
+    bootstrap: BootstrapOpt = None,
+    upload_rate: Annotated[
+        str | None, typer.Option(help="Cap on upload bytes/s, e.g. 25MB (default: none).")
+    ] = None,
+    home: HomeOpt = None,
+    json: JsonOpt = False,
+) -> None:
     """Run a node until Ctrl-C: join the DHT, serve chunks, announce what the store holds."""
     with errors_as_messages():
         peers = [parse_address(a) for a in bootstrap or []]
@@ -169,16 +240,25 @@ def serve(host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.
             if json:
                 emit(node.info, True, list)
                 return
-            stderr.print(f"serving {node.host} dht udp/{node.port} transfer "
-                         f"tcp/{node.transfer_port} (bootstrap others with --bootstrap "
-                         f"{node.dht_address}); Ctrl-C stops", markup=False, highlight=False)
+            stderr.print(
+                f"serving {node.host} dht udp/{node.port} transfer "
+                f"tcp/{node.transfer_port} (bootstrap others with --bootstrap "
+                f"{node.dht_address}); Ctrl-C stops",
+                markup=False,
+                highlight=False,
+            )
 
-        asyncio.run(serve_until_signalled(chunkstore.Node(
-            home, host=host, port=port, bootstrap=peers, upload_rate=rate), ready))
+        asyncio.run(
+            serve_until_signalled(
+                chunkstore.Node(home, host=host, port=port, bootstrap=peers, upload_rate=rate),
+                ready,
+            )
+        )
 
 
-async def serve_until_signalled(node: chunkstore.Node,
-                                ready: Callable[[chunkstore.Node], None]) -> None:
+async def serve_until_signalled(
+    node: chunkstore.Node, ready: Callable[[chunkstore.Node], None]
+) -> None:
     """Run `node` until SIGINT or SIGTERM (the library installs no signal handlers)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -190,35 +270,50 @@ async def serve_until_signalled(node: chunkstore.Node,
 
 
 @app.command()
-def providers(object_id: Annotated[str, typer.Argument(help="Chunk or manifest id (hex).")],
-              bootstrap: BootstrapOpt = None, home: HomeOpt = None,
-              json: JsonOpt = False) -> None:
+def providers(
+    object_id: Annotated[str, typer.Argument(help="Chunk or manifest id (hex).")],
+    bootstrap: BootstrapOpt = None,
+    home: HomeOpt = None,
+    json: JsonOpt = False,
+) -> None:
     """List the peers the DHT knows as holders of a chunk or manifest."""
     with errors_as_messages():
         peers = [parse_address(a) for a in bootstrap or []]
         holders = chunkstore.providers(object_id, home=home, bootstrap=peers)
-        emit([{"host": h.host, "port": h.port} for h in holders], json,
-             lambda hs: [f"{h['host']}:{h['port']}" for h in hs] or ["no holders found"])
+        emit(
+            [{"host": h.host, "port": h.port} for h in holders],
+            json,
+            lambda hs: [f"{h['host']}:{h['port']}" for h in hs] or ["no holders found"],
+        )
 
 
 @app.command()
 def peers(home: HomeOpt = None, json: JsonOpt = False) -> None:
     """List the DHT contacts of the node serving this home."""
     with errors_as_messages():
-        contacts = [{"host": c.host, "port": c.port, "node_id": c.node_id.hex()}
-                    for c in chunkstore.peers(home=home)]
-        emit(contacts, json, lambda cs: [f"{c['host']}:{c['port']}  {c['node_id']}"
-                                         for c in cs] or ["no peers"])
+        contacts = [
+            {"host": c.host, "port": c.port, "node_id": c.node_id.hex()}
+            for c in chunkstore.peers(home=home)
+        ]
+        emit(
+            contacts,
+            json,
+            lambda cs: [f"{c['host']}:{c['port']}  {c['node_id']}" for c in cs] or ["no peers"],
+        )
 
 
 @app.command()
-def demo(nodes: Annotated[int, typer.Option(min=3, max=32, help="Local nodes to start.")] = 5,
-         size: Annotated[str, typer.Option(help="Size of each demo file.")] = "64MiB",
-         upload_rate: Annotated[str, typer.Option(
-             help="Upload cap per node, standing in for a peer's uplink (0: none).")] = "20MB",
-         json: JsonOpt = False) -> None:
+def demo(
+    nodes: Annotated[int, typer.Option(min=3, max=32, help="Local nodes to start.")] = 5,
+    size: Annotated[str, typer.Option(help="Size of each demo file.")] = "64MiB",
+    upload_rate: Annotated[
+        str, typer.Option(help="Upload cap per node, standing in for a peer's uplink (0: none).")
+    ] = "20MB",
+    json: JsonOpt = False,
+) -> None:
     """Start a local swarm, fetch a file from one holder and one from several, print speeds."""
     from chunkstore.demo.scenario import run_demo
+
     with errors_as_messages():
         nbytes = parse_size(size)
         rate_text = None if parse_rate(upload_rate) is None else upload_rate
@@ -226,16 +321,25 @@ def demo(nodes: Annotated[int, typer.Option(min=3, max=32, help="Local nodes to 
         def progress(label: str, total: int):
             return None if json else progress_callback(label, total)
 
-        result = run_demo(nodes=nodes, size=nbytes, upload_rate=rate_text,
-                          report=(lambda line: None) if json else
-                          (lambda line: stderr.print(line, markup=False, highlight=False)),
-                          progress=progress)
-        emit(result, json, lambda r: [
-            f"single source: {r.single_source_mbps:7.1f} MB/s",
-            f"multi source:  {r.multi_source_mbps:7.1f} MB/s from {len(r.sources)} holders "
-            f"({r.speedup:.2f}x)",
-            "files identical: " + ("yes" if r.identical else "NO"),
-        ])
+        result = run_demo(
+            nodes=nodes,
+            size=nbytes,
+            upload_rate=rate_text,
+            report=(lambda line: None)
+            if json
+            else (lambda line: stderr.print(line, markup=False, highlight=False)),
+            progress=progress,
+        )
+        emit(
+            result,
+            json,
+            lambda r: [
+                f"single source: {r.single_source_mbps:7.1f} MB/s",
+                f"multi source:  {r.multi_source_mbps:7.1f} MB/s from {len(r.sources)} holders "
+                f"({r.speedup:.2f}x)",
+                "files identical: " + ("yes" if r.identical else "NO"),
+            ],
+        )
         if not result.identical:
             raise typer.Exit(1)
 
@@ -247,8 +351,9 @@ def configure_logging() -> None:
     swarm where peers come and go, and noise in front of a user. CHUNKSTORE_LOG=debug shows
     everything."""
     level = os.environ.get("CHUNKSTORE_LOG", "").upper()
-    logging.basicConfig(level=getattr(logging, level, logging.WARNING),
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, level, logging.WARNING), format="%(levelname)s %(name)s: %(message)s"
+    )
     if not level:
         logging.getLogger("rpcudp").setLevel(logging.CRITICAL)
         logging.getLogger("kademlia").setLevel(logging.ERROR)

@@ -54,8 +54,9 @@ def message(e: ChunkstoreError) -> str:
     if isinstance(e, UnsafeOutputName):
         return f"name {e.name!r} cannot be used as an output file name; give one with -o"
     if isinstance(e, NoNetwork):
-        remedy = "run `chunkstore serve`" + (" or pass --bootstrap HOST:PORT"
-                                             if e.bootstrap_helps else "")
+        remedy = "run `chunkstore serve`" + (
+            " or pass --bootstrap HOST:PORT" if e.bootstrap_helps else ""
+        )
         return f"{e.detail}: {remedy}"
     if isinstance(e, BootstrapFailed):
         return "none of the --bootstrap addresses answered: " + ", ".join(e.addresses)
@@ -80,8 +81,9 @@ def errors_as_messages() -> Iterator[None]:
         raise
     except Exception as e:  # a bug: still one line for the user, details on request
         logging.getLogger("chunkstore").debug("internal error", exc_info=True)
-        raise fail(f"internal error: {type(e).__name__}: {e} "
-                   "(CHUNKSTORE_LOG=debug shows details)") from None
+        raise fail(
+            f"internal error: {type(e).__name__}: {e} (CHUNKSTORE_LOG=debug shows details)"
+        ) from None
 
 
 class ProgressSink:
@@ -99,9 +101,15 @@ class ProgressSink:
 
 
 def _new_bar() -> Progress:
-    return Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                    TransferSpeedColumn(), TimeRemainingColumn(), console=stderr,
-                    transient=True)
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=stderr,
+        transient=True,
+    )
 
 
 @contextmanager
@@ -130,4 +138,5 @@ def progress_callback(label: str, total: int) -> Callable[[int], None] | None:
         done += n
         if done >= total:
             bar.stop()
+
     return advance

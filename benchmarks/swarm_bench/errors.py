@@ -22,6 +22,7 @@ class ProcessFailed(BenchError):
     def __init__(self, argv: Sequence[str], code: int, tail: str) -> None:
         lines = [ln for ln in tail.splitlines() if ln.strip()]
         program = argv[4] if list(argv[:3]) == ["ip", "netns", "exec"] else argv[0]
-        self.summary = f"{Path(program).name} exited with {code}: " + \
-            (lines[-1][:300] if lines else "no output")
+        self.summary = f"{Path(program).name} exited with {code}: " + (
+            lines[-1][:300] if lines else "no output"
+        )
         super().__init__(f"{' '.join(argv)} exited with {code}:\n{tail}")

@@ -26,8 +26,9 @@ class HolderNodes:
         self.lab = lab
         self.where: dict[int, str | None] = {}  # node index -> namespace
 
-    def start(self, home: Path, bootstrap: list[ServeProcess], upload_rate: float | None,
-              ns: str | None) -> ServeProcess:
+    def start(
+        self, home: Path, bootstrap: list[ServeProcess], upload_rate: float | None, ns: str | None
+    ) -> ServeProcess:
         for stale in (CONTACTS_FILE, NODE_FILE):  # a reused home must not recall an old swarm
             (home / stale).unlink(missing_ok=True)
         addresses = [self.dht_address(n) for n in bootstrap]
@@ -35,8 +36,13 @@ class HolderNodes:
         if ns is None:
             node = self.local.start_node(addresses, upload_rate=rate, home=home)
         else:  # inside namespace `ns`, listening on its address
-            node = self.local.start_node(addresses, upload_rate=rate, home=home,
-                                         host=self.lab.address(ns), prefix=netns_prefix(ns))
+            node = self.local.start_node(
+                addresses,
+                upload_rate=rate,
+                home=home,
+                host=self.lab.address(ns),
+                prefix=netns_prefix(ns),
+            )
         self.where[node.index] = ns
         return node
 
@@ -46,8 +52,11 @@ class HolderNodes:
 
     def transfer_address(self, node: ServeProcess) -> str:
         ns = self.where[node.index]
-        return (node.transfer_address if ns is None
-                else f"{self.lab.address(ns)}:{node.info.transfer_port}")
+        return (
+            node.transfer_address
+            if ns is None
+            else f"{self.lab.address(ns)}:{node.info.transfer_port}"
+        )
 
     def api(self, node: ServeProcess, path: str) -> Any:
         """GET `path` (/node or /dht/providers/ID) from the node's local API."""
@@ -61,8 +70,9 @@ class HolderNodes:
             raise BenchError(f"the local API of node {node.index} in {ns} does not answer")
         return json.loads(body)
 
-    def wait_ready(self, holders: list[ServeProcess], fetcher: ServeProcess, manifest_id: str,
-                   objects: int) -> None:
+    def wait_ready(
+        self, holders: list[ServeProcess], fetcher: ServeProcess, manifest_id: str, objects: int
+    ) -> None:
         """Until every holder has announced its `objects` ids and the fetcher's DHT finds all
         holders of the manifest."""
         deadline = time.monotonic() + READY_TIMEOUT
@@ -73,8 +83,10 @@ class HolderNodes:
                 if len(found) >= len(holders):
                     return
             if time.monotonic() > deadline:
-                raise BenchError(f"holders not ready after {READY_TIMEOUT:g} s: announced "
-                                 f"{announced} of {objects} ids")
+                raise BenchError(
+                    f"holders not ready after {READY_TIMEOUT:g} s: announced "
+                    f"{announced} of {objects} ids"
+                )
             time.sleep(0.1)
 
     def close(self) -> None:

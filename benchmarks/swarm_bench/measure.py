@@ -20,7 +20,7 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 @dataclass(frozen=True)
 class MeasuredRun:
     wall_s: float
-    cpu_s: float        # user + system
+    cpu_s: float  # user + system
     maxrss_kib: int
     maxrss_exact: bool  # see common.child_peak_rss
     stdout: str

@@ -56,13 +56,19 @@ class NginxMirrors:
     `rate` bytes/s per connection (`limit_rate`, exact bytes) or uncapped. `urls[i]` is
     mirror i's URL of `file_name`."""
 
-    def __init__(self, work: Path, root: Path, file_name: str,
-                 places: list[tuple[str | None, str]], rate: float | None,
-                 check_from: str | None) -> None:
+    def __init__(
+        self,
+        work: Path,
+        root: Path,
+        file_name: str,
+        places: list[tuple[str | None, str]],
+        rate: float | None,
+        check_from: str | None,
+    ) -> None:
         self.work = work
         self.root = root
         self.file_name = file_name
-        self.places = places          # (namespace, host) of each mirror
+        self.places = places  # (namespace, host) of each mirror
         self.rate = rate
         self.check_from = check_from  # the namespace aria2c runs in
         self.procs: list[subprocess.Popen] = []
@@ -86,20 +92,35 @@ class NginxMirrors:
         port = MIRROR_PORT if ns else _free_port(host)
         limit = f"limit_rate {int(self.rate)};" if self.rate else ""
         user = "user root;" if os.geteuid() == 0 else ""
-        (d / "nginx.conf").write_text(_NGINX_CONF.format(dir=d, user=user, host=host,
-                                                         port=port, root=self.root,
-                                                         limit=limit))
+        (d / "nginx.conf").write_text(
+            _NGINX_CONF.format(dir=d, user=user, host=host, port=port, root=self.root, limit=limit)
+        )
         with open(d / "stderr.log", "ab") as log:
-            proc = subprocess.Popen([*netns_prefix(ns), "nginx", "-p", str(d), "-c",
-                                     str(d / "nginx.conf"), "-e", str(d / "error.log")],
-                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            proc = subprocess.Popen(
+                [
+                    *netns_prefix(ns),
+                    "nginx",
+                    "-p",
+                    str(d),
+                    "-c",
+                    str(d / "nginx.conf"),
+                    "-e",
+                    str(d / "error.log"),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
         self.procs.append(proc)
         url = f"http://{host}:{port}/{self.file_name}"
         deadline = time.monotonic() + 10
         while http_body(self.check_from, url, "HEAD") is None:
             if proc.poll() is not None or time.monotonic() > deadline:
-                tail = ((d / "error.log").read_text(errors="replace")
-                        if (d / "error.log").exists() else "")[-1500:]
+                tail = (
+                    (d / "error.log").read_text(errors="replace")
+                    if (d / "error.log").exists()
+                    else ""
+                )[-1500:]
                 raise BenchError(f"nginx mirror {i} did not start: {tail.strip()}")
             time.sleep(0.05)
         self.urls.append(url)

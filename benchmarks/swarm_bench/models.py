@@ -25,14 +25,14 @@ class BenchConfig:
 
     size: int = 512 * MiB
     holders: tuple[int, ...] = (1, 2, 4, 8)
-    rate: float = 25 * MB                  # per holder / per mirror (netns: per link)
+    rate: float = 25 * MB  # per holder / per mirror (netns: per link)
     repeat: int = 3
     contents: tuple[str, ...] = CONTENTS
     uncapped_holders: tuple[int, ...] = (1, 3)  # loopback only; () skips the uncapped runs
-    aria2c: bool = True                    # compare with aria2c + nginx (when installed)
-    local_get: bool = True                 # loopback only: the local-restore ceiling
+    aria2c: bool = True  # compare with aria2c + nginx (when installed)
+    local_get: bool = True  # loopback only: the local-restore ceiling
     netns: bool = False
-    workdir: Path | None = None            # parent of the temporary directory
+    workdir: Path | None = None  # parent of the temporary directory
     seed: int = 1
 
     def __post_init__(self) -> None:
@@ -48,23 +48,23 @@ class BenchConfig:
 class Measurement:
     """One timed download. Times in seconds, memory in KiB, rates in MB/s of file bytes."""
 
-    tool: str            # CHUNKSTORE, ARIA2C or LOCAL
+    tool: str  # CHUNKSTORE, ARIA2C or LOCAL
     content: str
     capped: bool
-    holders: int         # 0 for the local get
+    holders: int  # 0 for the local get
     rep: int
     size: int
-    wall_s: float        # the downloading process, start-up included
-    inner_s: float       # chunkstore's own `seconds` (JSON); the wall time for aria2c
-    maxrss_kib: int      # peak RSS of the downloading process (see common.child_peak_rss)
-    maxrss_exact: bool   # True: the kernel's ru_maxrss; False: sampled VmHWM (a lower bound)
-    wire_bytes: int      # body bytes the holders / mirrors sent (chunkstore: stored form)
+    wall_s: float  # the downloading process, start-up included
+    inner_s: float  # chunkstore's own `seconds` (JSON); the wall time for aria2c
+    maxrss_kib: int  # peak RSS of the downloading process (see common.child_peak_rss)
+    maxrss_exact: bool  # True: the kernel's ru_maxrss; False: sampled VmHWM (a lower bound)
+    wire_bytes: int  # body bytes the holders / mirrors sent (chunkstore: stored form)
     sources: dict[str, int] = field(default_factory=dict)
     identical: bool = True
-    cpu_s: float = 0.0        # user+sys CPU of the downloading process
+    cpu_s: float = 0.0  # user+sys CPU of the downloading process
     peers_cpu_s: float = 0.0  # CPU the holders (or the nginx mirrors) spent during the download
-    node_cpu_s: float = 0.0   # CPU of the fetcher's node (DHT lookups for the get)
-    load1: float = 0.0   # the machine's 1-minute load average after the run: others' work shows
+    node_cpu_s: float = 0.0  # CPU of the fetcher's node (DHT lookups for the get)
+    load1: float = 0.0  # the machine's 1-minute load average after the run: others' work shows
 
     @property
     def mbps(self) -> float:
@@ -89,7 +89,7 @@ class Point:
     high: float
     inner_median: float
     rss_mib: float
-    cpu_s: float        # medians of the CPU seconds of the run (see Measurement)
+    cpu_s: float  # medians of the CPU seconds of the run (see Measurement)
     peers_cpu_s: float
     node_cpu_s: float
     wall_s: float
@@ -106,8 +106,11 @@ class Target:
 
     @property
     def met(self) -> bool:
-        return self.measured < self.goal if self.name.startswith("peak RSS") \
+        return (
+            self.measured < self.goal
+            if self.name.startswith("peak RSS")
             else self.measured >= self.goal
+        )
 
 
 @dataclass
@@ -115,8 +118,8 @@ class BenchResult:
     config: BenchConfig
     machine: str
     versions: dict[str, str]
-    stored_bytes: dict[str, int]          # content -> bytes in a holder's store
-    link: str                             # how the caps were enforced, in words
+    stored_bytes: dict[str, int]  # content -> bytes in a holder's store
+    link: str  # how the caps were enforced, in words
     measurements: list[Measurement]
     started: float
     seconds: float
@@ -127,15 +130,25 @@ class BenchResult:
         groups: dict[tuple, list[Measurement]] = {}
         for m in self.measurements:
             groups.setdefault((m.tool, m.content, m.capped, m.holders), []).append(m)
-        return [Point(tool, content, capped, holders, len(ms),
-                      statistics.median(m.mbps for m in ms), min(m.mbps for m in ms),
-                      max(m.mbps for m in ms), statistics.median(m.inner_mbps for m in ms),
-                      max(m.maxrss_kib for m in ms) / KiB,
-                      statistics.median(m.cpu_s for m in ms),
-                      statistics.median(m.peers_cpu_s for m in ms),
-                      statistics.median(m.node_cpu_s for m in ms),
-                      statistics.median(m.wall_s for m in ms))
-                for (tool, content, capped, holders), ms in groups.items()]
+        return [
+            Point(
+                tool,
+                content,
+                capped,
+                holders,
+                len(ms),
+                statistics.median(m.mbps for m in ms),
+                min(m.mbps for m in ms),
+                max(m.mbps for m in ms),
+                statistics.median(m.inner_mbps for m in ms),
+                max(m.maxrss_kib for m in ms) / KiB,
+                statistics.median(m.cpu_s for m in ms),
+                statistics.median(m.peers_cpu_s for m in ms),
+                statistics.median(m.node_cpu_s for m in ms),
+                statistics.median(m.wall_s for m in ms),
+            )
+            for (tool, content, capped, holders), ms in groups.items()
+        ]
 
     def point(self, tool: str, content: str, capped: bool, holders: int) -> Point | None:
         for p in self.points():
@@ -151,46 +164,72 @@ class BenchResult:
             one = self.point(CHUNKSTORE, content, True, 1)
             four = self.point(CHUNKSTORE, content, True, 4)
             if one and four:
-                out.append(Target(f"4 holders / 1 holder, capped, {content} file",
-                                  four.median / one.median, 3.6,
-                                  f"{four.median:.1f} / {one.median:.1f} MB/s"))
-            for capped, goal, counts in ((True, 1.0, self.config.holders),
-                                         (False, 1.5, self.config.uncapped_holders)):
+                out.append(
+                    Target(
+                        f"4 holders / 1 holder, capped, {content} file",
+                        four.median / one.median,
+                        3.6,
+                        f"{four.median:.1f} / {one.median:.1f} MB/s",
+                    )
+                )
+            for capped, goal, counts in (
+                (True, 1.0, self.config.holders),
+                (False, 1.5, self.config.uncapped_holders),
+            ):
                 for h in counts:
                     cs = self.point(CHUNKSTORE, content, capped, h)
                     ar = self.point(ARIA2C, aria_content, capped, h)
                     if cs and ar:
-                        out.append(Target(f"chunkstore / aria2c, {h} holder(s), "
-                                          f"{'capped' if capped else 'uncapped'}, {content} file",
-                                          cs.median / ar.median, goal,
-                                          f"{cs.median:.1f} / {ar.median:.1f} MB/s"))
+                        out.append(
+                            Target(
+                                f"chunkstore / aria2c, {h} holder(s), "
+                                f"{'capped' if capped else 'uncapped'}, {content} file",
+                                cs.median / ar.median,
+                                goal,
+                                f"{cs.median:.1f} / {ar.median:.1f} MB/s",
+                            )
+                        )
             three = self.point(CHUNKSTORE, content, False, 3)
             local = self.point(LOCAL, content, False, 0)
             if three and local:
-                out.append(Target(f"uncapped 3 holders / local get, {content} file",
-                                  three.median / local.median, 0.6,
-                                  f"{three.median:.1f} / {local.median:.1f} MB/s"))
+                out.append(
+                    Target(
+                        f"uncapped 3 holders / local get, {content} file",
+                        three.median / local.median,
+                        0.6,
+                        f"{three.median:.1f} / {local.median:.1f} MB/s",
+                    )
+                )
         gets = [m for m in self.measurements if m.tool == CHUNKSTORE]
         if gets:
             worst = max(gets, key=lambda m: m.maxrss_kib)
-            out.append(Target(f"peak RSS of `chunkstore get`, {format_size(self.config.size)} "
-                              "file (MiB)", worst.maxrss_kib / KiB, RSS_GOAL_MIB,
-                              f"worst of {len(gets)} network gets ({worst.content}, "
-                              f"{worst.holders} holder(s), "
-                              f"{'capped' if worst.capped else 'uncapped'})"
-                              + ("" if worst.maxrss_exact else "; sampled VmHWM")))
+            out.append(
+                Target(
+                    f"peak RSS of `chunkstore get`, {format_size(self.config.size)} file (MiB)",
+                    worst.maxrss_kib / KiB,
+                    RSS_GOAL_MIB,
+                    f"worst of {len(gets)} network gets ({worst.content}, "
+                    f"{worst.holders} holder(s), "
+                    f"{'capped' if worst.capped else 'uncapped'})"
+                    + ("" if worst.maxrss_exact else "; sampled VmHWM"),
+                )
+            )
         return out
 
     def to_json(self) -> dict[str, Any]:
         return {
             "config": {**asdict(self.config), "workdir": None},
-            "machine": self.machine, "versions": self.versions,
-            "stored_bytes": self.stored_bytes, "link": self.link,
+            "machine": self.machine,
+            "versions": self.versions,
+            "stored_bytes": self.stored_bytes,
+            "link": self.link,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
-            "seconds": round(self.seconds, 1), "notes": self.notes,
+            "seconds": round(self.seconds, 1),
+            "notes": self.notes,
             "failures": self.failures,
             "points": [asdict(p) for p in self.points()],
             "targets": [asdict(t) | {"met": t.met} for t in self.targets()],
-            "measurements": [asdict(m) | {"mbps": m.mbps, "inner_mbps": m.inner_mbps}
-                             for m in self.measurements],
+            "measurements": [
+                asdict(m) | {"mbps": m.mbps, "inner_mbps": m.inner_mbps} for m in self.measurements
+            ],
         }

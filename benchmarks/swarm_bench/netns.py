@@ -70,8 +70,20 @@ class NetnsLab:
         for i, ns in enumerate([self.fetcher, *self.holders]):
             self._add(ns)
             port = f"p{i}"
-            _ip("-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", port,
-                "netns", self.hub)
+            _ip(
+                "-n",
+                ns,
+                "link",
+                "add",
+                "eth0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                port,
+                "netns",
+                self.hub,
+            )
             _ip("-n", self.hub, "link", "set", port, "master", "br0")
             _ip("-n", self.hub, "link", "set", port, "up")
             _ip("-n", ns, "addr", "add", f"{self.address(ns)}/24", "dev", "eth0")
@@ -79,9 +91,27 @@ class NetnsLab:
         bits = int(self.rate * 8)
         burst = max(32 * KiB, int(self.rate / 100))  # 10 ms at the rate, at least 32 KiB
         for ns in self.holders:
-            proc = subprocess.run(["tc", "-n", ns, "qdisc", "add", "dev", "eth0", "root", "tbf",
-                                   "rate", f"{bits}bit", "burst", str(burst), "latency", "50ms"],
-                                  capture_output=True, text=True)
+            proc = subprocess.run(
+                [
+                    "tc",
+                    "-n",
+                    ns,
+                    "qdisc",
+                    "add",
+                    "dev",
+                    "eth0",
+                    "root",
+                    "tbf",
+                    "rate",
+                    f"{bits}bit",
+                    "burst",
+                    str(burst),
+                    "latency",
+                    "50ms",
+                ],
+                capture_output=True,
+                text=True,
+            )
             if proc.returncode != 0:
                 raise BenchUnavailable(f"tc tbf is not available: {proc.stderr.strip()}")
 
@@ -91,10 +121,12 @@ class NetnsLab:
         return f"{NETNS_SUBNET}.{10 + self.holders.index(ns)}"
 
     def describe(self) -> str:
-        return (f"tc tbf rate {int(self.rate * 8)}bit on each holder's / mirror's veth "
-                f"(egress), {len(self.holders)} holder namespaces + 1 fetcher namespace on a "
-                "bridge in a hub namespace; no in-process cap; rate only (netem delay is not "
-                "in this kernel)")
+        return (
+            f"tc tbf rate {int(self.rate * 8)}bit on each holder's / mirror's veth "
+            f"(egress), {len(self.holders)} holder namespaces + 1 fetcher namespace on a "
+            "bridge in a hub namespace; no in-process cap; rate only (netem delay is not "
+            "in this kernel)"
+        )
 
     def close(self) -> None:
         while self.made:
@@ -102,9 +134,11 @@ class NetnsLab:
         atexit.unregister(self.close)
 
 
-_HTTP_SNIPPET = ("import sys, urllib.request\n"
-                 "r = urllib.request.Request(sys.argv[1], method=sys.argv[2])\n"
-                 "sys.stdout.buffer.write(urllib.request.urlopen(r, timeout=15).read())\n")
+_HTTP_SNIPPET = (
+    "import sys, urllib.request\n"
+    "r = urllib.request.Request(sys.argv[1], method=sys.argv[2])\n"
+    "sys.stdout.buffer.write(urllib.request.urlopen(r, timeout=15).read())\n"
+)
 
 
 def http_body(ns: str | None, url: str, method: str = "GET") -> bytes | None:
@@ -116,6 +150,9 @@ def http_body(ns: str | None, url: str, method: str = "GET") -> bytes | None:
                 return resp.read()
         except (urllib.error.URLError, OSError):
             return None
-    proc = subprocess.run([*netns_prefix(ns), sys.executable, "-c", _HTTP_SNIPPET, url,
-                           method], capture_output=True, timeout=30)
+    proc = subprocess.run(
+        [*netns_prefix(ns), sys.executable, "-c", _HTTP_SNIPPET, url, method],
+        capture_output=True,
+        timeout=30,
+    )
     return proc.stdout if proc.returncode == 0 else None

@@ -41,19 +41,20 @@ Progress = Callable[[str], None]
 class PreparedFile:
     """One sample file, added to a store, and the holders' copies of that store."""
 
-    kind: str           # MIXED or RANDOM
+    kind: str  # MIXED or RANDOM
     source: Path
-    digest: str         # BLAKE3 of the file's bytes
+    digest: str  # BLAKE3 of the file's bytes
     manifest_id: str
-    objects: int        # distinct chunks + the manifest: what a holder announces
+    objects: int  # distinct chunks + the manifest: what a holder announces
     stored_bytes: int
-    template: Path      # a home holding the whole file
-    homes: list[Path]   # holder homes (copies of the template)
+    template: Path  # a home holding the whole file
+    homes: list[Path]  # holder homes (copies of the template)
 
 
 class BenchRunner:
-    def __init__(self, config: BenchConfig, work: Path, progress: Progress,
-                 lab: NetnsLab | None) -> None:
+    def __init__(
+        self, config: BenchConfig, work: Path, progress: Progress, lab: NetnsLab | None
+    ) -> None:
         self.config = config
         self.work = work
         self.progress = progress
@@ -78,20 +79,33 @@ class BenchRunner:
         template = self.work / f"template-{kind}"
         # The CLI adds in a child process so this one stays small: then the kernel's
         # ru_maxrss of each `get` child is that child's own peak (see common.child_peak_rss).
-        run = run_measured([*chunkstore_command(), "add", str(source), "--json", "--home",
-                            str(template)], self.logs / f"add-{kind}.log", timeout=600)
+        run = run_measured(
+            [*chunkstore_command(), "add", str(source), "--json", "--home", str(template)],
+            self.logs / f"add-{kind}.log",
+            timeout=600,
+        )
         added = json.loads(run.stdout)
         self.stored_bytes[kind] = added["stored_bytes"]
         homes = []
         for i in range(max((*cfg.holders, *self.uncapped_holders()))):
             homes.append(self.work / f"holder-{kind}-{i}")
             shutil.copytree(template, homes[-1])
-        self.progress(f"{kind}: added as {added['manifest_id'][:16]}: {added['chunks']} chunks, "
-                      f"{added['stored_bytes'] / MB:.0f} MB stored "
-                      f"({added['stored_bytes'] / cfg.size:.0%} of the file), "
-                      f"{len(homes)} holder homes")
-        return PreparedFile(kind, source, digest, added["manifest_id"], added["new_chunks"] + 1,
-                            added["stored_bytes"], template, homes)
+        self.progress(
+            f"{kind}: added as {added['manifest_id'][:16]}: {added['chunks']} chunks, "
+            f"{added['stored_bytes'] / MB:.0f} MB stored "
+            f"({added['stored_bytes'] / cfg.size:.0%} of the file), "
+            f"{len(homes)} holder homes"
+        )
+        return PreparedFile(
+            kind,
+            source,
+            digest,
+            added["manifest_id"],
+            added["new_chunks"] + 1,
+            added["stored_bytes"],
+            template,
+            homes,
+        )
 
     def discard(self, prepared: PreparedFile) -> None:
         for path in (prepared.template, *prepared.homes, prepared.source.parent):
@@ -104,16 +118,20 @@ class BenchRunner:
         self.measurements.append(m)
         where = f"{m.holders} holder(s)" if m.tool != LOCAL else "local store"
         cap = "capped" if m.capped else "uncapped"
-        extra = (f", in-process {m.inner_mbps:.1f} MB/s" if m.tool == CHUNKSTORE else "")
-        self.progress(f"[{self.count}/{self.total}] {m.tool:<10} {m.content:<6} {cap:<8} "
-                      f"{where:<12} rep {m.rep + 1}: {m.mbps:7.1f} MB/s (wall {m.wall_s:.2f} s"
-                      f"{extra}), CPU s: downloader {m.cpu_s:.1f}, peers {m.peers_cpu_s:.1f}"
-                      + (f", fetcher node {m.node_cpu_s:.1f}" if m.tool == CHUNKSTORE else "")
-                      + f"; peak RSS {m.maxrss_kib / KiB:.0f} MiB, load {m.load1:.1f}"
-                      + ("" if m.identical else "  OUTPUT DIFFERS"))
+        extra = f", in-process {m.inner_mbps:.1f} MB/s" if m.tool == CHUNKSTORE else ""
+        self.progress(
+            f"[{self.count}/{self.total}] {m.tool:<10} {m.content:<6} {cap:<8} "
+            f"{where:<12} rep {m.rep + 1}: {m.mbps:7.1f} MB/s (wall {m.wall_s:.2f} s"
+            f"{extra}), CPU s: downloader {m.cpu_s:.1f}, peers {m.peers_cpu_s:.1f}"
+            + (f", fetcher node {m.node_cpu_s:.1f}" if m.tool == CHUNKSTORE else "")
+            + f"; peak RSS {m.maxrss_kib / KiB:.0f} MiB, load {m.load1:.1f}"
+            + ("" if m.identical else "  OUTPUT DIFFERS")
+        )
         if not m.identical:
-            raise BenchError(f"{m.tool} wrote a file that differs from the source "
-                             f"({m.content}, {m.holders} holders)")
+            raise BenchError(
+                f"{m.tool} wrote a file that differs from the source "
+                f"({m.content}, {m.holders} holders)"
+            )
 
     def _verify(self, out: Path, prepared: PreparedFile) -> bool:
         ok = out.stat().st_size == self.config.size and file_digest(out) == prepared.digest
@@ -139,10 +157,21 @@ class BenchRunner:
             nodes.wait_ready(serving, fetcher, prepared.manifest_id, prepared.objects)
             peers_before = cpu_seconds([n.proc.pid for n in serving])
             node_before = cpu_seconds([fetcher.proc.pid])
-            run = run_measured([*netns_prefix(lab.fetcher if lab else None),
-                                *chunkstore_command(), "get", FILE_NAME, "-o", str(out),
-                                "--json", "--home", str(fetch_home)],
-                               self.logs / f"{tag}.log", timeout=self._timeout(holders, capped))
+            run = run_measured(
+                [
+                    *netns_prefix(lab.fetcher if lab else None),
+                    *chunkstore_command(),
+                    "get",
+                    FILE_NAME,
+                    "-o",
+                    str(out),
+                    "--json",
+                    "--home",
+                    str(fetch_home),
+                ],
+                self.logs / f"{tag}.log",
+                timeout=self._timeout(holders, capped),
+            )
             peers_cpu = cpu_seconds([n.proc.pid for n in serving]) - peers_before
             node_cpu = cpu_seconds([fetcher.proc.pid]) - node_before
             result = json.loads(run.stdout)
@@ -154,10 +183,26 @@ class BenchRunner:
             nodes.close()
         identical = self._verify(out, prepared)
         shutil.rmtree(self.work / tag, ignore_errors=True)
-        self._record(Measurement(CHUNKSTORE, prepared.kind, capped, holders, rep,
-                                 self.config.size, run.wall_s, result["seconds"],
-                                 run.maxrss_kib, run.maxrss_exact, wire, result["sources"],
-                                 identical, run.cpu_s, peers_cpu, node_cpu))
+        self._record(
+            Measurement(
+                CHUNKSTORE,
+                prepared.kind,
+                capped,
+                holders,
+                rep,
+                self.config.size,
+                run.wall_s,
+                result["seconds"],
+                run.maxrss_kib,
+                run.maxrss_exact,
+                wire,
+                result["sources"],
+                identical,
+                run.cpu_s,
+                peers_cpu,
+                node_cpu,
+            )
+        )
 
     def aria2c(self, prepared: PreparedFile, holders: int, capped: bool, rep: int) -> None:
         lab = self.lab
@@ -167,38 +212,98 @@ class BenchRunner:
         # aria2c's -x1 is one connection per *host name*: on loopback each mirror gets an
         # address of its own (127.0.0.2, .3, ...: all of 127/8 is loopback) so that -x1 means
         # one connection per mirror, as with real hosts.
-        places = [(lab.holders[i], lab.address(lab.holders[i])) if lab
-                  else (None, f"127.0.0.{2 + i}") for i in range(holders)]
+        places = [
+            (lab.holders[i], lab.address(lab.holders[i])) if lab else (None, f"127.0.0.{2 + i}")
+            for i in range(holders)
+        ]
         rate = self.config.rate if capped and lab is None else None
         client_ns = lab.fetcher if lab else None
-        with NginxMirrors(work, prepared.source.parent, FILE_NAME, places, rate,
-                          client_ns) as mirrors:
+        with NginxMirrors(
+            work, prepared.source.parent, FILE_NAME, places, rate, client_ns
+        ) as mirrors:
             before = cpu_seconds([p.pid for p in mirrors.procs])
-            run = run_measured([*netns_prefix(client_ns), "aria2c", "--no-conf",
-                                "-d", str(work), "-o", "out.bin",
-                                f"-s{holders}", "-x1", "-k1M", "--file-allocation=trunc",
-                                "--allow-overwrite=true", "--auto-file-renaming=false",
-                                "--summary-interval=0", "--console-log-level=warn",
-                                "--download-result=hide", "--max-tries=3",
-                                *mirrors.urls[:holders]],
-                               self.logs / f"{tag}.log", timeout=self._timeout(holders, capped))
+            run = run_measured(
+                [
+                    *netns_prefix(client_ns),
+                    "aria2c",
+                    "--no-conf",
+                    "-d",
+                    str(work),
+                    "-o",
+                    "out.bin",
+                    f"-s{holders}",
+                    "-x1",
+                    "-k1M",
+                    "--file-allocation=trunc",
+                    "--allow-overwrite=true",
+                    "--auto-file-renaming=false",
+                    "--summary-interval=0",
+                    "--console-log-level=warn",
+                    "--download-result=hide",
+                    "--max-tries=3",
+                    *mirrors.urls[:holders],
+                ],
+                self.logs / f"{tag}.log",
+                timeout=self._timeout(holders, capped),
+            )
             mirrors_cpu = cpu_seconds([p.pid for p in mirrors.procs]) - before
         identical = self._verify(work / "out.bin", prepared)
         shutil.rmtree(work, ignore_errors=True)
-        self._record(Measurement(ARIA2C, prepared.kind, capped, holders, rep, self.config.size,
-                                 run.wall_s, run.wall_s, run.maxrss_kib, run.maxrss_exact,
-                                 self.config.size, {}, identical, run.cpu_s, mirrors_cpu))
+        self._record(
+            Measurement(
+                ARIA2C,
+                prepared.kind,
+                capped,
+                holders,
+                rep,
+                self.config.size,
+                run.wall_s,
+                run.wall_s,
+                run.maxrss_kib,
+                run.maxrss_exact,
+                self.config.size,
+                {},
+                identical,
+                run.cpu_s,
+                mirrors_cpu,
+            )
+        )
 
     def local_get(self, prepared: PreparedFile, rep: int) -> None:
         out = self.work / f"local-{prepared.kind}-r{rep}.bin"
-        run = run_measured([*chunkstore_command(), "get", FILE_NAME, "-o", str(out), "--json",
-                            "--home", str(prepared.template)],
-                           self.logs / f"local-{prepared.kind}.log", timeout=600)
+        run = run_measured(
+            [
+                *chunkstore_command(),
+                "get",
+                FILE_NAME,
+                "-o",
+                str(out),
+                "--json",
+                "--home",
+                str(prepared.template),
+            ],
+            self.logs / f"local-{prepared.kind}.log",
+            timeout=600,
+        )
         result = json.loads(run.stdout)
-        self._record(Measurement(LOCAL, prepared.kind, False, 0, rep, self.config.size,
-                                 run.wall_s, result["seconds"], run.maxrss_kib,
-                                 run.maxrss_exact, 0, {}, self._verify(out, prepared),
-                                 run.cpu_s))
+        self._record(
+            Measurement(
+                LOCAL,
+                prepared.kind,
+                False,
+                0,
+                rep,
+                self.config.size,
+                run.wall_s,
+                result["seconds"],
+                run.maxrss_kib,
+                run.maxrss_exact,
+                0,
+                {},
+                self._verify(out, prepared),
+                run.cpu_s,
+            )
+        )
 
     def attempt(self, what: str, measure: Callable[..., None], *args: Any) -> None:
         """Run one measurement; a process that fails is noted and tried once more."""
@@ -224,8 +329,7 @@ class BenchRunner:
         cfg = self.config
         uncapped = self.uncapped_holders()
         local = cfg.local_get and self.lab is None
-        per_content = (len(cfg.holders) + len(uncapped)) * cfg.repeat + (cfg.repeat if local
-                                                                        else 0)
+        per_content = (len(cfg.holders) + len(uncapped)) * cfg.repeat + (cfg.repeat if local else 0)
         aria_runs = (len(cfg.holders) + len(uncapped)) * cfg.repeat if self.aria else 0
         self.total = per_content * len(cfg.contents) + aria_runs
         for i, kind in enumerate(cfg.contents):
@@ -236,13 +340,17 @@ class BenchRunner:
                 for capped, counts in ((True, cfg.holders), (False, uncapped)):
                     for rep in range(cfg.repeat):
                         for h in counts:
-                            what = (f"{kind}, {h} holder(s), "
-                                    f"{'capped' if capped else 'uncapped'}, rep {rep + 1}")
-                            self.attempt(f"chunkstore {what}", self.chunkstore, prepared, h,
-                                         capped, rep)
+                            what = (
+                                f"{kind}, {h} holder(s), "
+                                f"{'capped' if capped else 'uncapped'}, rep {rep + 1}"
+                            )
+                            self.attempt(
+                                f"chunkstore {what}", self.chunkstore, prepared, h, capped, rep
+                            )
                             if aria:
-                                self.attempt(f"aria2c {what}", self.aria2c, prepared, h,
-                                             capped, rep)
+                                self.attempt(
+                                    f"aria2c {what}", self.aria2c, prepared, h, capped, rep
+                                )
                 if local:
                     for rep in range(cfg.repeat):
                         self.attempt(f"local get {kind}", self.local_get, prepared, rep)
@@ -259,8 +367,10 @@ def run_bench(config: BenchConfig, progress: Progress = lambda line: None) -> Be
     started = time.time()
     clock = time.perf_counter()
     if config.aria2c and not have_aria2c():
-        progress("aria2c or nginx not found: the aria2c rows are skipped "
-                 "(Debian: apt-get install aria2 nginx-light)")
+        progress(
+            "aria2c or nginx not found: the aria2c rows are skipped "
+            "(Debian: apt-get install aria2 nginx-light)"
+        )
     work = Path(tempfile.mkdtemp(prefix="chunkstore-bench-", dir=config.workdir)).resolve()
     versions = {"python": platform.python_version(), "chunkstore": __version__}
     lab = NetnsLab(max(config.holders), config.rate) if config.netns else None
@@ -270,10 +380,12 @@ def run_bench(config: BenchConfig, progress: Progress = lambda line: None) -> Be
             progress(f"netns: {len(lab.made)} namespaces up; {lab.describe()}")
             link = lab.describe()
         else:
-            link = (f"loopback; chunkstore: `serve --upload-rate {int(config.rate)}` per holder "
-                    "(token bucket over all its connections, counting stored bytes); aria2c: "
-                    f"nginx `limit_rate {int(config.rate)}` per connection, aria2c -x1 = one "
-                    "connection per mirror")
+            link = (
+                f"loopback; chunkstore: `serve --upload-rate {int(config.rate)}` per holder "
+                "(token bucket over all its connections, counting stored bytes); aria2c: "
+                f"nginx `limit_rate {int(config.rate)}` per connection, aria2c -x1 = one "
+                "connection per mirror"
+            )
         runner = BenchRunner(config, work, progress, lab)
         if runner.aria:
             versions["aria2c"] = tool_version(["aria2c", "--version"])
@@ -286,9 +398,14 @@ def run_bench(config: BenchConfig, progress: Progress = lambda line: None) -> Be
     result = BenchResult(
         config=config,
         machine=f"{platform.node()}: {os.cpu_count()} CPUs, {platform.platform()}",
-        versions=versions, stored_bytes=runner.stored_bytes, link=link,
-        measurements=runner.measurements, started=started, seconds=time.perf_counter() - clock,
-        failures=runner.failures)
+        versions=versions,
+        stored_bytes=runner.stored_bytes,
+        link=link,
+        measurements=runner.measurements,
+        started=started,
+        seconds=time.perf_counter() - clock,
+        failures=runner.failures,
+    )
     result.notes = _notes(result)
     return result
 
@@ -296,21 +413,31 @@ def run_bench(config: BenchConfig, progress: Progress = lambda line: None) -> Be
 def _notes(result: BenchResult) -> list[str]:
     """What a reader of the tables needs to know about this run."""
     cfg = result.config
-    notes = [f"MB/s = 10^6 bytes of the {format_size(cfg.size)} file per second of the "
-             "downloading process's wall time (chunkstore CLI start-up ~0.4 s included); "
-             f"median of {cfg.repeat} (min–max).",
-             f"caps: {result.link}."]
+    notes = [
+        f"MB/s = 10^6 bytes of the {format_size(cfg.size)} file per second of the "
+        "downloading process's wall time (chunkstore CLI start-up ~0.4 s included); "
+        f"median of {cfg.repeat} (min–max).",
+        f"caps: {result.link}.",
+    ]
     for content, stored in result.stored_bytes.items():
-        notes.append(f"{content} file: chunkstore holders send its stored form, "
-                     f"{stored / MB:.0f} MB (zstd where it pays) for {cfg.size / MB:.0f} MB of "
-                     f"file ({stored / cfg.size:.0%}); nginx always sends the file's bytes.")
+        notes.append(
+            f"{content} file: chunkstore holders send its stored form, "
+            f"{stored / MB:.0f} MB (zstd where it pays) for {cfg.size / MB:.0f} MB of "
+            f"file ({stored / cfg.size:.0%}); nginx always sends the file's bytes."
+        )
     if cfg.aria2c and any(m.tool == ARIA2C for m in result.measurements):
-        notes.append(f"aria2c and nginx never look inside the bytes: measured once, on the "
-                     f"{cfg.contents[0]} file, and compared with both.")
+        notes.append(
+            f"aria2c and nginx never look inside the bytes: measured once, on the "
+            f"{cfg.contents[0]} file, and compared with both."
+        )
     if result.failures:
-        notes.append(f"{len(result.failures)} attempt(s) failed and were run again "
-                     "(details in the JSON): " + "; ".join(f[:160] for f in result.failures))
+        notes.append(
+            f"{len(result.failures)} attempt(s) failed and were run again "
+            "(details in the JSON): " + "; ".join(f[:160] for f in result.failures)
+        )
     if cfg.netns:
-        notes.append("netns: only the rate is shaped (tc tbf); no added delay, since netem "
-                     "is not in this kernel. Uncapped runs and the local get are loopback-only.")
+        notes.append(
+            "netns: only the rate is shaped (tc tbf); no added delay, since netem "
+            "is not in this kernel. Uncapped runs and the local get are loopback-only."
+        )
     return notes

@@ -17,8 +17,7 @@ APT_PACKAGES = {"aria2c": "aria2", "nginx": "nginx-light", "ip": "iproute2", "tc
 
 def missing_tools(config: BenchConfig) -> list[str]:
     """Programs this configuration needs that are not on PATH (aria2c, nginx, ip, tc)."""
-    wanted = (["aria2c", "nginx"] if config.aria2c else []) + (["ip", "tc"] if config.netns
-                                                                  else [])
+    wanted = (["aria2c", "nginx"] if config.aria2c else []) + (["ip", "tc"] if config.netns else [])
     return [t for t in wanted if shutil.which(t) is None]
 
 
@@ -27,8 +26,9 @@ def have_aria2c() -> bool:
     return all(shutil.which(t) for t in ("aria2c", "nginx"))
 
 
-def install_tools(tools: Sequence[str],
-                  progress: Callable[[str], None] = lambda line: None) -> bool:
+def install_tools(
+    tools: Sequence[str], progress: Callable[[str], None] = lambda line: None
+) -> bool:
     """apt-get install the Debian packages of `tools` (root only); True if all are there after."""
     packages = sorted({APT_PACKAGES[t] for t in tools})
     if not packages:
@@ -38,10 +38,15 @@ def install_tools(tools: Sequence[str],
         return False
     progress(f"installing {' '.join(packages)} with apt-get ...")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", *packages], stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, env=env)
+    subprocess.run(
+        ["apt-get", "update", "-qq"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", *packages],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     return all(shutil.which(t) for t in tools)
 
 

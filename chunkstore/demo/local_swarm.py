@@ -47,10 +47,21 @@ class ServeProcess:
             self.proc.wait()
 
 
-def serve_command(home: Path, bootstrap: list[str], upload_rate: str | None,
-                  host: str = "127.0.0.1") -> list[str]:
-    cmd = [sys.executable, "-m", "chunkstore_cli", "serve", "--home", str(home),
-           "--host", host, "--port", "0"]
+def serve_command(
+    home: Path, bootstrap: list[str], upload_rate: str | None, host: str = "127.0.0.1"
+) -> list[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "chunkstore_cli",
+        "serve",
+        "--home",
+        str(home),
+        "--host",
+        host,
+        "--port",
+        "0",
+    ]
     for address in bootstrap:
         cmd += ["--bootstrap", address]
     if upload_rate:
@@ -61,8 +72,14 @@ def serve_command(home: Path, bootstrap: list[str], upload_rate: str | None,
 class LocalSwarm:
     """Start with `with LocalSwarm(n) as swarm:`; nodes are `swarm.nodes[i]`."""
 
-    def __init__(self, count: int, *, root: Path | None = None, upload_rate: str | None = None,
-                 log_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        count: int,
+        *,
+        root: Path | None = None,
+        upload_rate: str | None = None,
+        log_dir: Path | None = None,
+    ) -> None:
         self.count = count
         self.upload_rate = upload_rate
         self._own_root = root is None
@@ -83,9 +100,15 @@ class LocalSwarm:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def start_node(self, bootstrap: list[str] | None = None, *,
-                   upload_rate: str | None = None, home: Path | None = None,
-                   host: str = "127.0.0.1", prefix: Sequence[str] = ()) -> ServeProcess:
+    def start_node(
+        self,
+        bootstrap: list[str] | None = None,
+        *,
+        upload_rate: str | None = None,
+        home: Path | None = None,
+        host: str = "127.0.0.1",
+        prefix: Sequence[str] = (),
+    ) -> ServeProcess:
         """Start one more `serve` process listening on `host` and wait until it is up.
 
         `prefix` goes before the command, e.g. `ip netns exec NAME` to run it elsewhere."""
@@ -94,8 +117,9 @@ class LocalSwarm:
         home.mkdir(parents=True, exist_ok=True)
         cmd = serve_command(home, bootstrap or [], upload_rate or self.upload_rate, host)
         with open(self.log_dir / f"node{index}.log", "ab") as log:
-            proc = subprocess.Popen([*prefix, *cmd], stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=log)
+            proc = subprocess.Popen(
+                [*prefix, *cmd], stdin=subprocess.DEVNULL, stdout=log, stderr=log
+            )
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             info = running_node(home)
@@ -142,13 +166,20 @@ def node_stats(node: ServeProcess) -> dict:
 
 
 def providers_of(node: ServeProcess, object_id: str) -> list[dict]:
-    with urllib.request.urlopen(f"{node.info.api_url}/dht/providers/{object_id}",
-                                timeout=15) as resp:
+    with urllib.request.urlopen(
+        f"{node.info.api_url}/dht/providers/{object_id}", timeout=15
+    ) as resp:
         return json.loads(resp.read())
 
 
-def wait_for_providers(node: ServeProcess, object_id: str, count: int = 1, *,
-                       including: ServeProcess | None = None, timeout: float = 30.0) -> list[dict]:
+def wait_for_providers(
+    node: ServeProcess,
+    object_id: str,
+    count: int = 1,
+    *,
+    including: ServeProcess | None = None,
+    timeout: float = 30.0,
+) -> list[dict]:
     """Poll `node`'s DHT until `object_id` has at least `count` holders (and `including`
     among them, when given); returns the holders found, even on time-out."""
     deadline = time.monotonic() + timeout

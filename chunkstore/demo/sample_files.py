@@ -34,9 +34,36 @@ def _word_table(rng: random.Random) -> list[bytes]:
     zstd's matcher something to find, as in real text), and a few punctuation and newline
     tokens break the stream into sentences and lines. Drawing uniformly from this table gives
     the Zipf distribution without a per-word bisect (~90 MB/s in Python)."""
-    syllables = ["ka", "ro", "mi", "ten", "sa", "lu", "de", "vor", "in", "ex", "pre", "ta", "no",
-                 "le", "qu", "is", "an", "ber", "cho", "ul", "ment", "ing", "er", "ly", "st",
-                 "ph", "ou", "ai"]
+    syllables = [
+        "ka",
+        "ro",
+        "mi",
+        "ten",
+        "sa",
+        "lu",
+        "de",
+        "vor",
+        "in",
+        "ex",
+        "pre",
+        "ta",
+        "no",
+        "le",
+        "qu",
+        "is",
+        "an",
+        "ber",
+        "cho",
+        "ul",
+        "ment",
+        "ing",
+        "er",
+        "ly",
+        "st",
+        "ph",
+        "ou",
+        "ai",
+    ]
     lengths = (1, 1, 2, 2, 2, 3, 3, 4)  # syllables per word
     words: set[str] = set()
     while len(words) < 8000:
@@ -61,8 +88,7 @@ def _text_block(rng: random.Random, table: list[bytes], size: int) -> bytes:
     return b" ".join(parts)[:size]
 
 
-def write_sample_file(path: str | Path, size: int, *, seed: int = 0,
-                      content: str = MIXED) -> str:
+def write_sample_file(path: str | Path, size: int, *, seed: int = 0, content: str = MIXED) -> str:
     """Write `size` deterministic bytes of `content` to `path`; returns their BLAKE3 (hex),
     computed on the way, so checking a copy needs no extra pass over the original."""
     if content not in CONTENTS:

@@ -46,9 +46,15 @@ def open_input(path: Path) -> os.FileIO:
         raise InputError(f"cannot read {path}: {e.strerror}") from None
 
 
-def add_file(store: Store, path: Path | str, *, name: str | None = None,
-             level: int = DEFAULT_LEVEL, chunker: ChunkerParams | None = None,
-             progress: Progress | None = None) -> AddResult:
+def add_file(
+    store: Store,
+    path: Path | str,
+    *,
+    name: str | None = None,
+    level: int = DEFAULT_LEVEL,
+    chunker: ChunkerParams | None = None,
+    progress: Progress | None = None,
+) -> AddResult:
     """Add the file at `path` to `store` under `name` (default: the file's base name)."""
     path = Path(path)
     name = validate_name(name if name is not None else path.name)
@@ -64,6 +70,7 @@ def add_file(store: Store, path: Path | str, *, name: str | None = None,
     refs: list[ChunkRef] = []
     batch: list[tuple[bytes, bytes]] = []
     batch_bytes = 0
+
     def write(items: list[tuple[bytes, bytes]]) -> tuple[int, int]:
         result = store.put_chunks(items)
         store.release_pages()  # the B-tree pages the commit touched: keep RSS flat
@@ -74,8 +81,9 @@ def add_file(store: Store, path: Path | str, *, name: str | None = None,
     since_release = 0
     with open_input(path) as f, store.lease():
         try:
-            for cid, size, stored in ordered_map(encode, iter_chunks(f, chunker),
-                                                 window=INGEST_WINDOW):
+            for cid, size, stored in ordered_map(
+                encode, iter_chunks(f, chunker), window=INGEST_WINDOW
+            ):
                 refs.append(ChunkRef(cid, size))
                 if stored is not None:
                     batch.append((cid, stored))
@@ -100,6 +108,12 @@ def add_file(store: Store, path: Path | str, *, name: str | None = None,
     new = sum(n for n, _ in written)
     stored_bytes = sum(b for _, b in written)
     store.sync()
-    return AddResult(name=name, manifest_id=mid.hex(), size=manifest.size,
-                     chunks=len(refs), new_chunks=new, dedup_chunks=len(refs) - new,
-                     stored_bytes=stored_bytes)
+    return AddResult(
+        name=name,
+        manifest_id=mid.hex(),
+        size=manifest.size,
+        chunks=len(refs),
+        new_chunks=new,
+        dedup_chunks=len(refs) - new,
+        stored_bytes=stored_bytes,
+    )

@@ -12,12 +12,21 @@ def file_info(store: Store, name_or_id: str) -> FileInfo:
     ids = [r.chunk_id for r in manifest.chunks]
     missing = store.missing_chunks(ids)
     c = manifest.chunker
-    chunker = (f"fixed {c.avg_size} B" if c.kind == "fixed"
-               else f"fastcdc avg {c.avg_size} min {c.min_size} max {c.max_size}")
+    chunker = (
+        f"fixed {c.avg_size} B"
+        if c.kind == "fixed"
+        else f"fastcdc avg {c.avg_size} min {c.min_size} max {c.max_size}"
+    )
     name = name_or_id if store.lookup_name(name_or_id) == mid else ""
-    return FileInfo(name=name, manifest_id=mid.hex(), size=manifest.size, chunks=len(ids),
-                    chunks_present=len(ids) - len(missing), chunker=chunker,
-                    stored_bytes=store.stored_size(ids))
+    return FileInfo(
+        name=name,
+        manifest_id=mid.hex(),
+        size=manifest.size,
+        chunks=len(ids),
+        chunks_present=len(ids) - len(missing),
+        chunker=chunker,
+        stored_bytes=store.stored_size(ids),
+    )
 
 
 def list_files(store: Store) -> list[FileEntry]:

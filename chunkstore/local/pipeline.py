@@ -22,8 +22,13 @@ def default_workers() -> int:
     return max(2, min(4, os.cpu_count() or 2))
 
 
-def ordered_map(fn: Callable[[A], R], items: Iterable[A], *, workers: int | None = None,
-                window: int | None = None) -> Iterator[R]:
+def ordered_map(
+    fn: Callable[[A], R],
+    items: Iterable[A],
+    *,
+    workers: int | None = None,
+    window: int | None = None,
+) -> Iterator[R]:
     """Yield fn(item) for each item, in order, computed on `workers` threads.
 
     An exception from fn is raised here, in order, after the pending work is cancelled."""

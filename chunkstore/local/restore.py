@@ -29,8 +29,9 @@ def _seekable_fd(out: BinaryIO) -> int | None:
         return None
 
 
-def write_to_stream(store: Store, manifest: Manifest, out: BinaryIO,
-                   progress: Progress | None = None) -> None:
+def write_to_stream(
+    store: Store, manifest: Manifest, out: BinaryIO, progress: Progress | None = None
+) -> None:
     """Write the file described by `manifest` to the stream `out`, verifying every chunk.
 
     Into a regular file the worker threads write each chunk at its offset themselves, so the
@@ -68,8 +69,14 @@ def write_to_stream(store: Store, manifest: Manifest, out: BinaryIO,
         out.seek(base + manifest.size)
 
 
-def restore(store: Store, manifest: Manifest, output: Output, *,
-            force: bool = False, progress: Progress | None = None) -> str:
+def restore(
+    store: Store,
+    manifest: Manifest,
+    output: Output,
+    *,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> str:
     """Write a file whose chunks are all in the store to a path (atomically) or a stream;
     returns how to show the output ("-" for a stream)."""
     if isinstance(output, Path):

@@ -82,8 +82,14 @@ class _Environment:
     def __init__(self, path: Path) -> None:
         # readahead=False: lookups touch a few pages each; the kernel's readahead would
         # map 64 KiB around every one (more I/O, and RSS that grows with the store).
-        self.env = lmdb.open(str(path), map_size=INITIAL_MAP_SIZE, max_dbs=12, sync=False,
-                             max_readers=256, readahead=False)
+        self.env = lmdb.open(
+            str(path),
+            map_size=INITIAL_MAP_SIZE,
+            max_dbs=12,
+            sync=False,
+            max_readers=256,
+            readahead=False,
+        )
         self.mapped = MappedFile(str(path / "data.mdb"))
         self.dbs = {name: self.env.open_db(name.encode()) for name in DATABASES}
         self.handles = 0
@@ -175,8 +181,10 @@ class Store:
             except lmdb.Error as e:
                 # LMDB reports a short write on a full disk as EIO: check the disk itself.
                 if "No space left" in str(e) or self._disk_nearly_full():
-                    raise StoreFull(f"disk full while writing to {self.home}: the store keeps "
-                                    "its last complete state") from None
+                    raise StoreFull(
+                        f"disk full while writing to {self.home}: the store keeps "
+                        "its last complete state"
+                    ) from None
                 raise ChunkstoreError(f"store write failed: {e}") from None
         raise StoreFull(f"the store at {self.home} could not grow its map")
 
@@ -217,6 +225,7 @@ class Store:
 
         Returns (new chunks, their stored bytes); chunks already present are left untouched.
         """
+
         def body(txn: lmdb.Transaction) -> tuple[int, int]:
             new = new_bytes = 0
             for cid, stored in items:
@@ -226,6 +235,7 @@ class Store:
                     new_bytes += len(stored)
                     txn.put(KIND_CHUNK + cid, b"", db=self._announce)
             return new, new_bytes
+
         return self._transact(body)
 
     def stored_size(self, chunk_ids: Iterable[bytes]) -> int:
@@ -253,8 +263,9 @@ class Store:
             last = batch[-1][0]
 
     # -- manifests and names ----------------------------------------------------------------
-    def put_manifest(self, manifest: Manifest, name: str | None = None, pin: bool = False,
-                     announce: bool = True) -> bytes:
+    def put_manifest(
+        self, manifest: Manifest, name: str | None = None, pin: bool = False, announce: bool = True
+    ) -> bytes:
         """Store a manifest (and point `name` at it) atomically; returns its id.
 
         With announce=False the manifest is not queued for announcing: a download in
@@ -273,6 +284,7 @@ class Store:
                 txn.put(key, mid, db=self._names)
             if pin:
                 txn.put(mid, b"", db=self._pins)
+
         self._transact(body)
         return mid
 
@@ -313,6 +325,7 @@ class Store:
 
         Chunks are freed by `gc`, as in git and restic, so `rm` is instant and re-adding the
         file before a gc rewrites nothing."""
+
         def body(txn: lmdb.Transaction) -> bytes:
             mid = txn.pop(name.encode(), db=self._names)
             if mid is None:
@@ -321,6 +334,7 @@ class Store:
             if not still_named and txn.get(mid, db=self._pins) is None:
                 txn.delete(mid, db=self._manifests)
             return mid
+
         return self._transact(body)
 
     def iter_manifests(self) -> Iterator[tuple[bytes, Manifest]]:
@@ -382,25 +396,31 @@ class Store:
 
     def gc(self) -> GcResult:
         """Delete every chunk no manifest references; refuses while a writer is active."""
+
         def body(txn: lmdb.Transaction) -> GcResult:
             for key, _ in list(txn.cursor(db=self._leases)):
                 pid = int(bytes(key).split(b".")[0])
                 held = bytes(key) in _held_leases or (pid != os.getpid() and pid_alive(pid))
                 if held:
-                    raise ChunkstoreError(f"process {pid} is adding to this store; "
-                                          "run gc when it has finished")
+                    raise ChunkstoreError(
+                        f"process {pid} is adding to this store; run gc when it has finished"
+                    )
                 txn.delete(bytes(key), db=self._leases)  # left by a killed process
             # One write transaction: no add can slip a manifest in meanwhile.
             referenced: set[bytes] = set()
             for _, data in txn.cursor(db=self._manifests):
                 referenced.update(r.chunk_id for r in Manifest.from_bytes(bytes(data)).chunks)
-            doomed = [(bytes(k), _LENGTH.unpack(v)[0]) for k, v in txn.cursor(db=self._index)
-                      if bytes(k) not in referenced]
+            doomed = [
+                (bytes(k), _LENGTH.unpack(v)[0])
+                for k, v in txn.cursor(db=self._index)
+                if bytes(k) not in referenced
+            ]
             for cid, _ in doomed:
                 txn.delete(cid, db=self._chunks)
                 txn.delete(cid, db=self._index)
                 txn.delete(KIND_CHUNK + cid, db=self._announce)
             return GcResult(len(doomed), sum(n for _, n in doomed))
+
         result = self._transact(body)
         self.sync()
         return result

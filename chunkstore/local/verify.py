@@ -11,8 +11,9 @@ from chunkstore.objects.codec import ChunkCodec
 from chunkstore.results import VerifyReport
 
 
-def verify_store(store: Store, name_or_id: str | None = None,
-                 progress: Callable[[int], None] | None = None) -> VerifyReport:
+def verify_store(
+    store: Store, name_or_id: str | None = None, progress: Callable[[int], None] | None = None
+) -> VerifyReport:
     """Re-hash every chunk of the store (or of one file) and list what is corrupt or missing."""
     codec = ChunkCodec()
     report = VerifyReport()

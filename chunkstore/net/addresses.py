@@ -25,9 +25,14 @@ def parse_addresses(items: Iterable[str | tuple[str, int]]) -> list[Address]:
     for item in items:
         if isinstance(item, str):
             out.append(parse_address(item))
-        elif (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
-              and type(item[1]) is int and 0 < item[1] < 65536):
+        elif (
+            isinstance(item, tuple)
+            and len(item) == 2
+            and isinstance(item[0], str)
+            and type(item[1]) is int
+            and 0 < item[1] < 65536
+        ):
             out.append((item[0].strip("[]"), item[1]))
         else:
-            raise InputError(f"not an address (\"host:port\" or (host, port)): {item!r}")
+            raise InputError(f'not an address ("host:port" or (host, port)): {item!r}')
     return out

@@ -51,7 +51,6 @@ CONTACTS_FORMAT = 1
 _WILDCARD_HOSTS = {"", "0.0.0.0", "::"}
 
 
-
 def dht_key(object_id: bytes) -> bytes:
     """The 20-byte DHT key of a 32-byte chunk or manifest id (its first 20 bytes)."""
     if not isinstance(object_id, bytes) or len(object_id) != ID_BYTES:
@@ -289,8 +288,13 @@ class DhtNode:
         nearest = self._server.protocol.router.find_neighbors(target)
         if len(found) < limit and nearest:
             spider = _ProviderSpiderCrawl(
-                self.protocol, target, nearest, self._server.ksize, self._server.alpha,
-                limit, found,
+                self.protocol,
+                target,
+                nearest,
+                self._server.ksize,
+                self._server.alpha,
+                limit,
+                found,
             )
             await self._bounded(spider.find(), "find_providers")
         return list(found)[:limit]
@@ -409,9 +413,7 @@ def load_contacts(path: str | os.PathLike) -> list[tuple[str, int]]:
         if data.get("format") != CONTACTS_FORMAT:
             raise ValueError(f"unknown format {data.get('format')!r}")
         contacts = [
-            (host, port)
-            for host, port in data["contacts"]
-            if is_ip(host) and is_port(port)
+            (host, port) for host, port in data["contacts"] if is_ip(host) and is_port(port)
         ]
     except FileNotFoundError:
         return []

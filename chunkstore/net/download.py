@@ -64,8 +64,9 @@ async def resolve_manifest_id(store: Store, lookup: Lookup, name_or_id: str) -> 
     return bytes.fromhex(mid)
 
 
-async def fetch_manifest(store: Store, lookup: Lookup, client: TransferClient,
-                         manifest_id: bytes) -> tuple[Manifest, list[Holder]]:
+async def fetch_manifest(
+    store: Store, lookup: Lookup, client: TransferClient, manifest_id: bytes
+) -> tuple[Manifest, list[Holder]]:
     """The manifest (local, else from a holder, verified by id) and the holders found."""
     holders = await lookup.find_providers(manifest_id)
     manifest = store.get_manifest(manifest_id)
@@ -89,9 +90,16 @@ async def fetch_manifest(store: Store, lookup: Lookup, client: TransferClient,
 class _ChunkFetch:
     """One download of the missing chunks of a manifest into the store and an output fd."""
 
-    def __init__(self, store: Store, lookup: Lookup, client: TransferClient,
-                 manifest_id: bytes, manifest: Manifest, out_fd: int | None,
-                 progress: Progress | None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        lookup: Lookup,
+        client: TransferClient,
+        manifest_id: bytes,
+        manifest: Manifest,
+        out_fd: int | None,
+        progress: Progress | None,
+    ) -> None:
         self.manifest_id = manifest_id
         self.store = store
         self.lookup = lookup
@@ -114,8 +122,13 @@ class _ChunkFetch:
         # a user waiting on a get wants "missing" in seconds, not minutes.
         # At most MAX_IN_FLIGHT chunks in flight over all peers bounds memory (8 peers with
         # full windows held ~150 MiB); a window of 8 matches the client's connections per peer.
-        self.scheduler = DownloadScheduler(self.sizes, down_backoff=2.0, down_retries=2,
-                                           window_max=WINDOW_MAX, max_in_flight=MAX_IN_FLIGHT)
+        self.scheduler = DownloadScheduler(
+            self.sizes,
+            down_backoff=2.0,
+            down_retries=2,
+            window_max=WINDOW_MAX,
+            max_in_flight=MAX_IN_FLIGHT,
+        )
         self.pending: list[tuple[bytes, bytes, bytes | memoryview]] = []
         # Output writes and LMDB commits run on a thread of their own, a batch at a time:
         # inline they took a third of the event loop's time (a commit blocks for tens of ms,
@@ -170,14 +183,16 @@ class _ChunkFetch:
             for _ in range(min(LOOKUP_CONCURRENCY, len(self.units))):
                 tg.create_task(worker())
 
-    async def fetch_one(self, req: Request) -> tuple[Request, FailureKind | None,
-                                                     tuple[bytes, bytes | memoryview] | None]:
+    async def fetch_one(
+        self, req: Request
+    ) -> tuple[Request, FailureKind | None, tuple[bytes, bytes | memoryview] | None]:
         """Fetch and verify one chunk; returns the failure, or (stored, raw) bytes."""
         cid = self.units[req.index]
         holder: Holder = req.peer
         try:
-            stored = await self.client.fetch_chunk(holder.host, holder.port, cid,
-                                                   max_size=self.sizes[req.index] + 1)
+            stored = await self.client.fetch_chunk(
+                holder.host, holder.port, cid, max_size=self.sizes[req.index] + 1
+            )
         except PeerBusy:
             return req, FailureKind.BUSY, None
         except NetworkError:  # PeerMissing (404) included: that peer does not have it
@@ -201,8 +216,9 @@ class _ChunkFetch:
             self.flush()
         return len(raw)
 
-    async def run(self, manifest_holders: list[Holder],
-                  stall_seconds: float = STALL_SECONDS) -> dict[str, int]:
+    async def run(
+        self, manifest_holders: list[Holder], stall_seconds: float = STALL_SECONDS
+    ) -> dict[str, int]:
         loop = asyncio.get_running_loop()
         sched = self.scheduler
         for holder in manifest_holders:
@@ -246,8 +262,9 @@ class _ChunkFetch:
                 if not waiting:
                     await asyncio.sleep(timeout)  # a back-off or a deadline: nothing in flight
                     continue
-                done, _ = await asyncio.wait(waiting, timeout=timeout,
-                                             return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
                 now = loop.time()
                 for task in done:
                     if task is lookups:
@@ -276,10 +293,14 @@ class _ChunkFetch:
             self.flush()
             self.writer.close()  # every verified chunk is in the store before we go on
         if not sched.done:
-            raise MissingChunks(len(sched.unfetchable()) or sched.remaining, len(self.units)
-                                + len(self.present))
-        return {f"{peer.host}:{peer.port}": stats.bytes_delivered
-                for peer, stats in sched.peer_stats().items() if stats.bytes_delivered}
+            raise MissingChunks(
+                len(sched.unfetchable()) or sched.remaining, len(self.units) + len(self.present)
+            )
+        return {
+            f"{peer.host}:{peer.port}": stats.bytes_delivered
+            for peer, stats in sched.peer_stats().items()
+            if stats.bytes_delivered
+        }
 
     def write_present(self) -> None:
         """Copy the chunks that were already local into the output (a resumed download)."""
@@ -301,11 +322,18 @@ def _is_file_target(path: Path) -> bool:
         return True
 
 
-async def fetch_file(store: Store, lookup: Lookup, client: TransferClient,
-                     name_or_id: str, output: Output | None, *, force: bool = False,
-                     progress: Progress | None = None,
-                     on_total: Callable[[int], None] | None = None,
-                     stall_seconds: float = STALL_SECONDS) -> GetResult:
+async def fetch_file(
+    store: Store,
+    lookup: Lookup,
+    client: TransferClient,
+    name_or_id: str,
+    output: Output | None,
+    *,
+    force: bool = False,
+    progress: Progress | None = None,
+    on_total: Callable[[int], None] | None = None,
+    stall_seconds: float = STALL_SECONDS,
+) -> GetResult:
     """Fetch `name_or_id` into the store and to `output`: a path (a regular file is written
     at chunk offsets as chunks arrive and renamed into place when complete), a stream
     (written in order once every chunk is in the store), or None (the store only).
@@ -324,21 +352,37 @@ async def fetch_file(store: Store, lookup: Lookup, client: TransferClient,
         if isinstance(output, Path) and _is_file_target(output):
             with atomic_output(output, force=force) as f:
                 os.ftruncate(f.fileno(), manifest.size)
-                job = _ChunkFetch(store, lookup, client, manifest_id, manifest, f.fileno(),
-                                  progress)
+                job = _ChunkFetch(
+                    store, lookup, client, manifest_id, manifest, f.fileno(), progress
+                )
                 sources = await job.run(holders, stall_seconds)
                 job.write_present()
         else:
             # Offsets cannot be used (a pipe, a device, stdout): fill the store, then stream.
-            job = _ChunkFetch(store, lookup, client, manifest_id, manifest, None,
-                              progress if output is None else None)
+            job = _ChunkFetch(
+                store,
+                lookup,
+                client,
+                manifest_id,
+                manifest,
+                None,
+                progress if output is None else None,
+            )
             sources = await job.run(holders, stall_seconds)
             if output is not None:
                 restore(store, manifest, output, force=force, progress=progress)
         store.put_manifest(manifest, name=name or None, pin=True)
     store.sync()
     shown = "" if output is None else str(output) if isinstance(output, Path) else "-"
-    return GetResult(name=name, manifest_id=manifest_id.hex(), size=manifest.size,
-                       chunks=len(manifest.chunks), chunks_fetched=len(job.units),
-                       chunks_reused=len(job.present), bytes_fetched=job.fetched_bytes,
-                       seconds=time.monotonic() - started, output=shown, sources=sources)
+    return GetResult(
+        name=name,
+        manifest_id=manifest_id.hex(),
+        size=manifest.size,
+        chunks=len(manifest.chunks),
+        chunks_fetched=len(job.units),
+        chunks_reused=len(job.present),
+        bytes_fetched=job.fetched_bytes,
+        seconds=time.monotonic() - started,
+        output=shown,
+        sources=sources,
+    )

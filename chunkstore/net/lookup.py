@@ -59,8 +59,9 @@ class NodeApiLookup:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout, trust_env=False,
-                                                  connector=aiohttp.TCPConnector(ssl=False))
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout, trust_env=False, connector=aiohttp.TCPConnector(ssl=False)
+            )
         return self._session
 
     async def get_json(self, path: str) -> object | None:
@@ -83,8 +84,11 @@ class NodeApiLookup:
         data = await self.get_json("/dht/providers/" + object_id.hex())
         holders = []
         for item in data if isinstance(data, list) else []:
-            if isinstance(item, dict) and isinstance(item.get("host"), str) \
-                    and isinstance(item.get("port"), int):
+            if (
+                isinstance(item, dict)
+                and isinstance(item.get("host"), str)
+                and isinstance(item.get("port"), int)
+            ):
                 holders.append(Holder(item["host"], item["port"]))
         return holders[:MAX_HOLDERS]
 

@@ -88,11 +88,17 @@ class Node:
     program's business (the CLI's `serve` stops it on SIGINT / SIGTERM).
     """
 
-    def __init__(self, home: str | os.PathLike[str] | Store | None = None, *,
-                 host: str = "0.0.0.0", port: int = 0,
-                 bootstrap: Iterable[str | tuple[str, int]] = (),
-                 upload_rate: float | None = None, max_concurrent: int = 32,
-                 reannounce_seconds: float = REANNOUNCE_SECONDS) -> None:
+    def __init__(
+        self,
+        home: str | os.PathLike[str] | Store | None = None,
+        *,
+        host: str = "0.0.0.0",
+        port: int = 0,
+        bootstrap: Iterable[str | tuple[str, int]] = (),
+        upload_rate: float | None = None,
+        max_concurrent: int = 32,
+        reannounce_seconds: float = REANNOUNCE_SECONDS,
+    ) -> None:
         if not 0 <= port < 65536:
             raise InputError(f"port must be 0..65535, not {port}")
         self._own_store = not isinstance(home, Store)
@@ -103,8 +109,9 @@ class Node:
         self.bootstrap = parse_addresses(bootstrap)
         self.reannounce_seconds = reannounce_seconds
         self.dht = DhtNode()
-        self.transfer = TransferServer(self.store, upload_rate=upload_rate,
-                                       max_concurrent=max_concurrent)
+        self.transfer = TransferServer(
+            self.store, upload_rate=upload_rate, max_concurrent=max_concurrent
+        )
         self._api_runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task] = []
         self._published: dict[str, bytes] = {}
@@ -156,12 +163,15 @@ class Node:
         saved = load_contacts(self.home / CONTACTS_FILE)
         try:
             await self.transfer.start(self.host, self.requested_port)
-            joined = await self.dht.start(self.host, self.requested_port,
-                                          self.bootstrap + saved)
+            joined = await self.dht.start(self.host, self.requested_port, self.bootstrap + saved)
             api_port = await self._start_api()
-            self.info = NodeInfo(pid=os.getpid(), host=self.host, dht_port=self.dht.port,
-                                 transfer_port=self.transfer.port,
-                                 api_url=f"http://127.0.0.1:{api_port}")
+            self.info = NodeInfo(
+                pid=os.getpid(),
+                host=self.host,
+                dht_port=self.dht.port,
+                transfer_port=self.transfer.port,
+                api_url=f"http://127.0.0.1:{api_port}",
+            )
             tmp = self.home / (NODE_FILE + ".tmp")
             tmp.write_text(json.dumps(asdict(self.info)))
             os.replace(tmp, self.home / NODE_FILE)
@@ -172,15 +182,18 @@ class Node:
                 self.store.close()
             raise
         if self.bootstrap and not joined:
-            log.warning("none of the bootstrap nodes answered; serving alone until peers "
-                        "contact this node")
+            log.warning(
+                "none of the bootstrap nodes answered; serving alone until peers contact this node"
+            )
         _running[_home_key(self.home)] = self
         self.loop = asyncio.get_running_loop()
         # Records made by an earlier run name its old transfer port and may have expired:
         # announce everything again, as IPFS reprovides at start.
         self.requeue_everything()
-        self._tasks = [asyncio.create_task(self._announce_loop()),
-                       asyncio.create_task(self._save_contacts_loop())]
+        self._tasks = [
+            asyncio.create_task(self._announce_loop()),
+            asyncio.create_task(self._save_contacts_loop()),
+        ]
         return self.info
 
     async def stop(self) -> None:
@@ -213,17 +226,30 @@ class Node:
         await self.dht.stop()
 
     # -- what a program asks of a running node ----------------------------------------------
-    async def fetch(self, name_or_id: str, output: str | os.PathLike[str] | BinaryIO | None,
-                    *, force: bool = False, progress: Progress | None = None,
-                    on_total: Callable[[int], None] | None = None) -> GetResult:
+    async def fetch(
+        self,
+        name_or_id: str,
+        output: str | os.PathLike[str] | BinaryIO | None,
+        *,
+        force: bool = False,
+        progress: Progress | None = None,
+        on_total: Callable[[int], None] | None = None,
+    ) -> GetResult:
         """Get a file through this node's DHT into its store and to `output` (a path, written
         atomically, a binary stream, or None for the store only); this node then serves it.
         Raises what `chunkstore.fetch` raises."""
         self._started()
         async with TransferClient() as client:
-            return await fetch_file(self.store, DhtLookup(self.dht), client, name_or_id,
-                                    None if output is None else as_output(output),
-                                    force=force, progress=progress, on_total=on_total)
+            return await fetch_file(
+                self.store,
+                DhtLookup(self.dht),
+                client,
+                name_or_id,
+                None if output is None else as_output(output),
+                force=force,
+                progress=progress,
+                on_total=on_total,
+            )
 
     async def providers(self, object_id: str, limit: int = 64) -> list[Holder]:
         """The holders the DHT knows for a chunk or manifest id (hex)."""
@@ -240,8 +266,11 @@ class Node:
         """Announce one batch of the store's announce queue; returns how many ids."""
         items = self.store.pending_announces(ANNOUNCE_BATCH)
         if items:
-            await self.dht.announce_many([dht_key(oid) for oid, _ in items],
-                                         self.transfer.port, concurrency=ANNOUNCE_CONCURRENCY)
+            await self.dht.announce_many(
+                [dht_key(oid) for oid, _ in items],
+                self.transfer.port,
+                concurrency=ANNOUNCE_CONCURRENCY,
+            )
             self.store.ack_announces(items)
             self.announced += len(items)
         await self.publish_names(any(kind == KIND_MANIFEST for _, kind in items))
@@ -319,10 +348,19 @@ class Node:
         return web.json_response([{"host": h.host, "port": h.port} for h in holders])
 
     async def _api_peers(self, request: web.Request) -> web.Response:
-        return web.json_response([{"host": c.host, "port": c.port, "node_id": c.node_id.hex()}
-                                  for c in self.dht.known_peers()])
+        return web.json_response(
+            [
+                {"host": c.host, "port": c.port, "node_id": c.node_id.hex()}
+                for c in self.dht.known_peers()
+            ]
+        )
 
     async def _api_node(self, request: web.Request) -> web.Response:
-        return web.json_response({**asdict(self.info), "announced": self.announced,
-                                  "bytes_served": self.transfer.bytes_served,
-                                  "requests_served": self.transfer.requests_served})
+        return web.json_response(
+            {
+                **asdict(self.info),
+                "announced": self.announced,
+                "bytes_served": self.transfer.bytes_served,
+                "requests_served": self.transfer.requests_served,
+            }
+        )

@@ -42,7 +42,6 @@ MAX_VALUE_BYTES = 4096
 INVALID = object()
 
 
-
 class BadRequest(Exception):
     """A request whose arguments are refused; it is logged and dropped unanswered."""
 
@@ -271,9 +270,7 @@ class ChunkstoreProtocol(KademliaProtocol):
         return await self._call(node_to_ask, "store", (key, value), lambda a: a is True)
 
     async def call_find_node(self, node_to_ask: Node, node_to_find: Node) -> tuple[bool, Any]:
-        return await self._call(
-            node_to_ask, "find_node", (node_to_find.id,), self._parse_node_list
-        )
+        return await self._call(node_to_ask, "find_node", (node_to_find.id,), self._parse_node_list)
 
     async def call_find_value(self, node_to_ask: Node, node_to_find: Node) -> tuple[bool, Any]:
         return await self._call(
@@ -288,9 +285,7 @@ class ChunkstoreProtocol(KademliaProtocol):
             node_to_ask, "add_provider", (key, transfer_port), lambda a: a is True
         )
 
-    async def call_get_providers(
-        self, node_to_ask: Node, node_to_find: Node
-    ) -> tuple[bool, Any]:
+    async def call_get_providers(self, node_to_ask: Node, node_to_find: Node) -> tuple[bool, Any]:
         """(True, (holders, closer nodes)) from `node_to_ask`, or (False, None)."""
         return await self._call(
             node_to_ask, "get_providers", (node_to_find.id,), self._parse_providers
@@ -307,5 +302,3 @@ class ChunkstoreProtocol(KademliaProtocol):
         if ok and isinstance(answer, list) and len(answer) >= 2 and is_ip(answer[0]):
             return answer[0]
         return None
-
-

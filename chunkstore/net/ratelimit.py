@@ -58,8 +58,9 @@ class TokenBucket:
         return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
 
 
-async def acquire(bucket: TokenBucket, amount: float,
-                  clock: Callable[[], float] = time.monotonic) -> None:
+async def acquire(
+    bucket: TokenBucket, amount: float, clock: Callable[[], float] = time.monotonic
+) -> None:
     """Reserve `amount` from `bucket` and sleep until it may be used.
 
     A cancelled wait keeps its reservation spent: the cap errs towards sending less, never more.

@@ -102,9 +102,28 @@ class _Peer:
     """Mutable per-peer state; never leaves this module."""
 
     __slots__ = (
-        "pid", "universal", "explicit", "window", "ssthresh", "strikes", "downs",
-        "busy_streak", "bad", "down_until", "busy_until", "requests", "srtt", "rttvar", "base",
-        "bytes", "chunks", "failures", "busy_time", "busy_since", "pending", "dups",
+        "pid",
+        "universal",
+        "explicit",
+        "window",
+        "ssthresh",
+        "strikes",
+        "downs",
+        "busy_streak",
+        "bad",
+        "down_until",
+        "busy_until",
+        "requests",
+        "srtt",
+        "rttvar",
+        "base",
+        "bytes",
+        "chunks",
+        "failures",
+        "busy_time",
+        "busy_since",
+        "pending",
+        "dups",
     )
 
     def __init__(self, pid: PeerId, window: float, window_max: float) -> None:
@@ -187,8 +206,9 @@ class DownloadScheduler:
         if not 1 <= window_min <= window_max:
             raise ValueError("need 1 <= window_min <= window_max")
         if peer_failure_limit < 1 or endgame_copies < 1 or down_retries < 0:
-            raise ValueError("peer_failure_limit and endgame_copies must be >= 1, "
-                             "down_retries >= 0")
+            raise ValueError(
+                "peer_failure_limit and endgame_copies must be >= 1, down_retries >= 0"
+            )
         if not 0 < min_timeout <= request_timeout:
             raise ValueError("need 0 < min_timeout <= request_timeout")
         if busy_backoff < 0 or down_backoff < 0 or max_backoff < 0:
@@ -283,12 +303,17 @@ class DownloadScheduler:
                     self._count[i] -= 1
         self._universal[peer] = p
         if self._pending_all is None:
-            self._pending_all = [(self._count[i], i) for i in range(len(self._sizes))
-                                 if not self._done[i] and i not in self._copies]
+            self._pending_all = [
+                (self._count[i], i)
+                for i in range(len(self._sizes))
+                if not self._done[i] and i not in self._copies
+            ]
             heapq.heapify(self._pending_all)
-            self._dups_all = [(self._flights[reqs[0]].start, i)
-                              for i, reqs in self._copies.items()
-                              if len(reqs) < self._copies_max]
+            self._dups_all = [
+                (self._flights[reqs[0]].start, i)
+                for i, reqs in self._copies.items()
+                if len(reqs) < self._copies_max
+            ]
             heapq.heapify(self._dups_all)
         self._make_ready(p)
 
@@ -434,8 +459,7 @@ class DownloadScheduler:
                 self._shrink(peer)
                 # Requests issued before it went down fail late; only the first failure or a
                 # failed probe after the back-off (re)starts a back-off.
-                if (peer.strikes >= self._failure_limit and peer.down_until <= now
-                        and not peer.bad):
+                if peer.strikes >= self._failure_limit and peer.down_until <= now and not peer.bad:
                     self._mark_down(peer, now)
         reqs = self._copies.get(index)
         if not reqs:
@@ -495,8 +519,11 @@ class DownloadScheduler:
     # ---------------------------------------------------------------- internals
 
     def _check_index(self, index: int) -> None:
-        if isinstance(index, bool) or not isinstance(index, int) \
-                or not 0 <= index < len(self._sizes):
+        if (
+            isinstance(index, bool)
+            or not isinstance(index, int)
+            or not 0 <= index < len(self._sizes)
+        ):
             raise ValueError(f"chunk index {index!r} is not in 0..{len(self._sizes) - 1}")
 
     def _check_request(self, req: Request) -> None:
@@ -594,8 +621,7 @@ class DownloadScheduler:
             heapq.heappush(heap, entry)
         return issued
 
-    def _assign_duplicates(self, peer: _Peer, free: int, now: float,
-                           out: list[Request]) -> int:
+    def _assign_duplicates(self, peer: _Peer, free: int, now: float, out: list[Request]) -> int:
         """Endgame: duplicate up to `free` requests of other peers, oldest first."""
         if self._copies_max < 2:
             return 0

@@ -24,6 +24,7 @@ MAX_STORED_CHUNK = MAX_RAW_CHUNK + 1
 # A 404/503 body is read (to keep the connection reusable) only up to this size.
 MAX_ERROR_BODY = 4096
 
+
 class TransferClient:
     """Fetches chunks and manifests from peers over one pooled keep-alive session.
 
@@ -36,8 +37,14 @@ class TransferClient:
     Use from one event loop; call `close()` (or use `async with`) when done.
     """
 
-    def __init__(self, *, connections_per_peer: int = 8, max_connections: int = 256,
-                 timeout: float = 30.0, connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        *,
+        connections_per_peer: int = 8,
+        max_connections: int = 256,
+        timeout: float = 30.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
         if connections_per_peer < 1 or max_connections < 1:
             raise ValueError("connections_per_peer and max_connections must be at least 1")
         self.connections_per_peer = connections_per_peer
@@ -51,30 +58,31 @@ class TransferClient:
         if self._session is None:
             # ssl=False: peers speak plain HTTP, and building a default TLS context (loading
             # the system CA store) cost ~30 ms at the start of every get.
-            connector = aiohttp.TCPConnector(limit=self.max_connections,
-                                             limit_per_host=self.connections_per_peer,
-                                             ssl=False)
+            connector = aiohttp.TCPConnector(
+                limit=self.max_connections, limit_per_host=self.connections_per_peer, ssl=False
+            )
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout),
                 # A peer's Content-Encoding is never undone: no gzip bomb can inflate here.
                 auto_decompress=False,
-                headers={"User-Agent": f"chunkstore/{__version__}",
-                         "Accept-Encoding": "identity"},
+                headers={"User-Agent": f"chunkstore/{__version__}", "Accept-Encoding": "identity"},
                 cookie_jar=aiohttp.DummyCookieJar(),
                 trust_env=False,
             )
         return self._session
 
-    async def fetch_chunk(self, holder_host: str, holder_port: int, chunk_id: bytes,
-                          max_size: int = MAX_STORED_CHUNK) -> bytes:
+    async def fetch_chunk(
+        self, holder_host: str, holder_port: int, chunk_id: bytes, max_size: int = MAX_STORED_CHUNK
+    ) -> bytes:
         """The stored form of a chunk from a holder, unverified, at most `max_size` bytes.
 
         A caller that knows the chunk's raw size may pass `raw size + 1` as the bound."""
         return await self._fetch(holder_host, holder_port, "chunks", chunk_id, max_size)
 
-    async def fetch_manifest(self, host: str, port: int, manifest_id: bytes,
-                             max_size: int = MAX_MANIFEST_BYTES) -> bytes:
+    async def fetch_manifest(
+        self, host: str, port: int, manifest_id: bytes, max_size: int = MAX_MANIFEST_BYTES
+    ) -> bytes:
         """A manifest's bytes from a holder, unverified, at most `max_size` bytes."""
         return await self._fetch(host, port, "manifests", manifest_id, max_size)
 
@@ -108,10 +116,12 @@ class TransferClient:
                     if resp.status == 404:
                         raise PeerMissing(peer, f"does not hold {kind[:-1]} {oid.hex()}")
                     if resp.status == 503:
-                        raise PeerBusy(peer, "busy (503)",
-                                       _retry_after(resp.headers.get("Retry-After")))
-                    raise PeerError(peer, f"answered HTTP {resp.status} for {kind[:-1]} "
-                                          f"{oid.hex()}")
+                        raise PeerBusy(
+                            peer, "busy (503)", _retry_after(resp.headers.get("Retry-After"))
+                        )
+                    raise PeerError(
+                        peer, f"answered HTTP {resp.status} for {kind[:-1]} {oid.hex()}"
+                    )
         except TimeoutError:
             # Before OSError: TimeoutError is one, and aiohttp's timeouts subclass both.
             raise PeerError(peer, f"no complete answer within {self.timeout:g} s") from None

@@ -48,10 +48,10 @@ MIN_PIECE = 16 * 1024
 MAX_PIECE = 256 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+
 def piece_size(rate: float) -> int:
     """Bytes per write of a response capped at `rate` bytes/s."""
     return max(MIN_PIECE, min(MAX_PIECE, int(rate / PIECES_PER_SECOND)))
-
 
 
 class TransferServer:
@@ -66,8 +66,14 @@ class TransferServer:
       in full (200 or 304, GET or HEAD), `requests_refused` the 503s.
     """
 
-    def __init__(self, store: Store, *, upload_rate: float | None = None,
-                 max_concurrent: int = 32, send_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        upload_rate: float | None = None,
+        max_concurrent: int = 32,
+        send_timeout: float = 60.0,
+    ) -> None:
         if upload_rate is not None and not upload_rate > 0:
             raise ValueError(f"upload_rate must be positive or None, not {upload_rate}")
         if max_concurrent < 1:
@@ -97,18 +103,28 @@ class TransferServer:
         Raises NetworkError when the address cannot be bound."""
         if self._runner is not None:
             raise RuntimeError("server already started")
-        app = web.Application(client_max_size=1024, middlewares=[self._admission()],
-                              handler_args={"max_line_size": MAX_REQUEST_LINE,
-                                            "max_field_size": MAX_HEADER_FIELD,
-                                            "max_headers": MAX_HEADERS})
+        app = web.Application(
+            client_max_size=1024,
+            middlewares=[self._admission()],
+            handler_args={
+                "max_line_size": MAX_REQUEST_LINE,
+                "max_field_size": MAX_HEADER_FIELD,
+                "max_headers": MAX_HEADERS,
+            },
+        )
         app.router.add_get("/chunks/{oid}", self._get_chunk)
         app.router.add_get("/manifests/{oid}", self._get_manifest)
         app.router.add_get("/health", self._get_health)
         # No access log: a line per chunk would cost more than serving it.
-        runner = web.AppRunner(app, access_log=None, logger=_PeerInputLog(log, {}),
-                               keepalive_timeout=SERVER_KEEPALIVE,
-                               lingering_time=LINGER, handler_cancellation=True,
-                               shutdown_timeout=STOP_GRACE)
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            logger=_PeerInputLog(log, {}),
+            keepalive_timeout=SERVER_KEEPALIVE,
+            lingering_time=LINGER,
+            handler_cancellation=True,
+            shutdown_timeout=STOP_GRACE,
+        )
         await runner.setup()
         try:
             await web.TCPSite(runner, host, port).start()
@@ -148,6 +164,7 @@ class TransferServer:
                 return await handler(request)
             finally:
                 self._active -= 1
+
         return admission
 
     async def _get_chunk(self, request: web.Request) -> web.StreamResponse:
@@ -160,17 +177,25 @@ class TransferServer:
         return await self._send_object(request, oid, self.store.get_manifest_bytes(oid))
 
     async def _get_health(self, request: web.Request) -> web.StreamResponse:
-        body = {"service": "chunkstore", "version": __version__, "active": self._active,
-                "max_concurrent": self.max_concurrent, "upload_rate": self.upload_rate,
-                "requests_served": self.requests_served, "bytes_served": self.bytes_served}
+        body = {
+            "service": "chunkstore",
+            "version": __version__,
+            "active": self._active,
+            "max_concurrent": self.max_concurrent,
+            "upload_rate": self.upload_rate,
+            "requests_served": self.requests_served,
+            "bytes_served": self.bytes_served,
+        }
         return web.json_response(body, headers={"Cache-Control": "no-store"})
 
-    async def _send_object(self, request: web.Request, oid: bytes,
-                           data: bytes | None) -> web.StreamResponse:
+    async def _send_object(
+        self, request: web.Request, oid: bytes, data: bytes | None
+    ) -> web.StreamResponse:
         if data is None:
             # Not immutable: the object may arrive here later.
-            return web.Response(status=404, text="unknown id\n",
-                                headers={"Cache-Control": "no-cache"})
+            return web.Response(
+                status=404, text="unknown id\n", headers={"Cache-Control": "no-cache"}
+            )
         hex_id = oid.hex()
         headers = {"ETag": f'"{hex_id}"', "Cache-Control": IMMUTABLE}
         wanted = request.if_none_match
@@ -186,8 +211,9 @@ class TransferServer:
                 await self._send_body(resp, data)
             await self._timed(resp.write_eof())
         except TimeoutError:
-            log.info("peer %s read nothing for %g s; dropping it", request.remote,
-                     self.send_timeout)
+            log.info(
+                "peer %s read nothing for %g s; dropping it", request.remote, self.send_timeout
+            )
             if request.transport is not None:
                 request.transport.abort()
             return resp  # aiohttp sees the closed transport and ends the connection quietly
@@ -204,7 +230,7 @@ class TransferServer:
             return
         view = memoryview(data)
         for start in range(0, len(view), self._piece):
-            part = view[start:start + self._piece]
+            part = view[start : start + self._piece]
             await acquire(self._bucket, len(part))
             await self._timed(resp.write(part))
             self.bytes_served += len(part)
@@ -220,8 +246,9 @@ class _PeerInputLog(logging.LoggerAdapter):
     aiohttp logs every unparsable request at ERROR with a traceback; from untrusted peers that
     is noise, and a way to flood the log. Failures in our own handlers stay at ERROR."""
 
-    def exception(self, msg: object, *args: object, exc_info: object = True,
-                  **kwargs: object) -> None:
+    def exception(
+        self, msg: object, *args: object, exc_info: object = True, **kwargs: object
+    ) -> None:
         level = logging.DEBUG if isinstance(exc_info, HttpProcessingError) else logging.ERROR
         self.log(level, msg, *args, exc_info=exc_info, **kwargs)
 
@@ -231,5 +258,3 @@ def _parse_oid(request: web.Request) -> bytes:
         return parse_id(request.match_info["oid"])
     except InputError as e:
         raise web.HTTPBadRequest(text=f"{e}\n") from None
-
-

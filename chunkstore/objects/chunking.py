@@ -70,8 +70,7 @@ def iter_chunks(stream: BinaryIO, params: ChunkerParams) -> Iterator[bytes | mem
         while block := stream.read(params.avg_size):
             yield block
         return
-    chunker = _load_fastcdc()(params.avg_size, min_size=params.min_size,
-                              max_size=params.max_size)
+    chunker = _load_fastcdc()(params.avg_size, min_size=params.min_size, max_size=params.max_size)
     # pyfastcdc's own stream chunker moves its buffer and we would copy every chunk out of
     # it (together ~30% of add's main thread). Instead: cut whole blocks with cut_buf and
     # yield views into them; only the unfinished tail of a block is copied, once per block.
@@ -82,7 +81,7 @@ def iter_chunks(stream: BinaryIO, params: ChunkerParams) -> Iterator[bytes | mem
     while True:
         # A fresh buffer per block: views of the previous one may still be in use.
         block = bytearray(block_size)
-        block[:len(tail)] = tail
+        block[: len(tail)] = tail
         filled = len(tail)
         while filled < block_size and (n := stream.readinto(memoryview(block)[filled:])):
             filled += n
@@ -94,8 +93,8 @@ def iter_chunks(stream: BinaryIO, params: ChunkerParams) -> Iterator[bytes | mem
         for chunk in chunker.cut_buf(view):
             end = chunk.offset + chunk.length
             if end == filled and not at_eof:
-                tail = bytes(view[chunk.offset:end])  # may grow when more data follows
+                tail = bytes(view[chunk.offset : end])  # may grow when more data follows
                 break
-            yield view[chunk.offset:end]
+            yield view[chunk.offset : end]
         if at_eof:
             return

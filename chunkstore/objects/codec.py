@@ -64,7 +64,7 @@ class ChunkCodec:
         view = memoryview(raw)
         probe = self._prober()
         for start in (0, n // 2, n - PROBE_BYTES):
-            sample = view[start:start + PROBE_BYTES]
+            sample = view[start : start + PROBE_BYTES]
             if len(probe.compress(sample)) <= PROBE_BYTES * (1 - MIN_SAVING):
                 return False
         return True

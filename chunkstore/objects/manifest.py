@@ -45,8 +45,12 @@ class Manifest:
             MAGIC,
             self.version,
             self.size,
-            [self.chunker.kind, self.chunker.avg_size, self.chunker.min_size,
-             self.chunker.max_size],
+            [
+                self.chunker.kind,
+                self.chunker.avg_size,
+                self.chunker.min_size,
+                self.chunker.max_size,
+            ],
             [[c.chunk_id, c.size] for c in self.chunks],
         ]
         return msgpack.packb(record, use_bin_type=True)
