@@ -1,47 +1,90 @@
-"""Test helpers: generated files, hashing, and running the real CLI as a user does."""
+"""Test helpers: generated files, hashing, waiting on conditions, and running the real CLI."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
-import random
 import subprocess
 import sys
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
-import blake3
+from chunkstore.demo.sample_files import RANDOM, TEXT, file_digest, write_sample_file
 
 MIB = 1024 * 1024
+T = TypeVar("T")
+
+__all__ = [
+    "MIB",
+    "RANDOM",
+    "TEXT",
+    "corrupt_stored_chunk",
+    "file_hash",
+    "run_cli",
+    "wait_until",
+    "wait_until_async",
+    "write_file",
+]
 
 
-def write_file(path: Path, size: int, *, seed: int = 0, text: bool = False) -> Path:
-    """A deterministic file of `size` bytes, written in blocks (never all in memory)."""
-    rng = random.Random(seed)
-    words = [bytes(rng.choices(b"abcdefghijklmnopqrstuvwxyz", k=rng.randint(2, 9)))
-             for _ in range(500)]
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            n = min(left, 4 * MIB)
-            if text:
-                block = b" ".join(rng.choices(words, k=n // 4))[:n]
-                block += b"x" * (n - len(block))
-            else:
-                block = rng.randbytes(n)
-            f.write(block)
-            left -= n
+def write_file(path: Path, size: int, *, seed: int = 0, content: str = RANDOM) -> Path:
+    """A deterministic file of `size` bytes (the library's sample generator): RANDOM is
+    incompressible (stored raw), TEXT is Zipf word text (zstd keeps about a quarter)."""
+    write_sample_file(path, size, seed=seed, content=content)
     return path
 
 
 def file_hash(path: Path) -> str:
-    h = blake3.blake3()
-    with open(path, "rb") as f:
-        while block := f.read(4 * MIB):
-            h.update(block)
-    return h.hexdigest()
+    """The BLAKE3 (hex) of a file's bytes."""
+    return file_digest(path)
 
 
-def run_cli(*args: str, home: Path | None = None, input: bytes | None = None,
-            check: bool = False, timeout: float = 300) -> subprocess.CompletedProcess:
+def wait_until(
+    condition: Callable[[], T], what: str, *, timeout: float = 30.0, interval: float = 0.02
+) -> T:
+    """Poll `condition()` until it returns something true, and return that; fail naming
+    `what` if it has not happened within `timeout` seconds (a deadline, not a measurement)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+async def wait_until_async(
+    condition: Callable[[], T | Awaitable[T]],
+    what: str,
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.02,
+) -> T:
+    """`wait_until` inside an event loop: `condition` may be a plain or an async function,
+    and the loop keeps running while it waits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def run_cli(
+    *args: str,
+    home: Path | None = None,
+    input: bytes | None = None,
+    check: bool = False,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess:
     """Run `chunkstore ARGS` as a separate process, the way a user does."""
     cmd = [sys.executable, "-m", "chunkstore_cli", *args]
     if home is not None:

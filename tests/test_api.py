@@ -33,8 +33,14 @@ def test_readme_example_runs_as_written(tmp_path: Path) -> None:
     script = tmp_path / "example.py"
     script.write_text(readme_example())
     env = {**os.environ, "TMPDIR": str(tmp_path)}
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          timeout=120, cwd=tmp_path, env=env)
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "added hello.txt" in proc.stdout
     fetched = re.search(r"fetched (\d+) bytes from \['127\.0\.0\.1:\d+'\]", proc.stdout)
@@ -42,24 +48,45 @@ def test_readme_example_runs_as_written(tmp_path: Path) -> None:
 
 
 def test_importing_and_getting_locally_loads_no_network_code(tmp_path: Path) -> None:
-    code = ("import chunkstore, sys; chunkstore.get; "
-            "assert 'aiohttp' not in sys.modules and 'kademlia' not in sys.modules")
+    code = (
+        "import chunkstore, sys; chunkstore.get; "
+        "assert 'aiohttp' not in sys.modules and 'kademlia' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
     home = tmp_path / "home"
     chunkstore.add(write_file(tmp_path / "f", MIB, seed=1), home=home)
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "chunkstore_cli", "get",
-                           "f", "-o", str(tmp_path / "out"), "--home", str(home)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            "-m",
+            "chunkstore_cli",
+            "get",
+            "f",
+            "-o",
+            str(tmp_path / "out"),
+            "--home",
+            str(home),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
-    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()
-                if line.startswith("import time:")}
+    imported = {
+        line.rsplit("|", 1)[-1].strip()
+        for line in proc.stderr.splitlines()
+        if line.startswith("import time:")
+    }
     assert "chunkstore.local.restore" in imported  # the log is what it claims to be
     assert not {m for m in imported if m.split(".")[0] in ("aiohttp", "kademlia")}
 
 
-def test_every_call_takes_str_paths_and_home_forms(tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_call_takes_str_paths_and_home_forms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
     src = write_file(tmp_path / "a.bin", 3 * MIB, seed=2)
     added = chunkstore.add(str(src), home="~/store", name="a")
@@ -110,8 +137,7 @@ def test_get_refuses_a_running_loop_and_fetch_works_there(tmp_path: Path) -> Non
     async def inside_a_loop() -> chunkstore.GetResult:
         # A local file is written in place; the network needs the caller's loop: refused.
         with pytest.raises(chunkstore.ChunkstoreError, match="fetch"):
-            chunkstore.get("elsewhere", tmp_path / "never", home=home,
-                           bootstrap=["127.0.0.1:9"])
+            chunkstore.get("elsewhere", tmp_path / "never", home=home, bootstrap=["127.0.0.1:9"])
         return await chunkstore.fetch("f", tmp_path / "out", home=home)
 
     result = asyncio.run(inside_a_loop())

@@ -7,14 +7,22 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from chunkstore.local.store import Store
 from chunkstore.local.verify import verify_store
-from tests.helpers import MIB, corrupt_stored_chunk, file_hash, run_cli, write_file
+from tests.helpers import (
+    MIB,
+    RANDOM,
+    TEXT,
+    corrupt_stored_chunk,
+    file_hash,
+    run_cli,
+    wait_until,
+    write_file,
+)
 
 
 def assert_clean_error(proc: subprocess.CompletedProcess, *words: str) -> None:
@@ -29,7 +37,7 @@ def assert_clean_error(proc: subprocess.CompletedProcess, *words: str) -> None:
 
 
 def test_add_get_round_trip_and_json(home: Path, tmp_path: Path) -> None:
-    src = write_file(tmp_path / "data.bin", 5 * MIB, text=True)
+    src = write_file(tmp_path / "data.bin", 5 * MIB, content=TEXT)
     added = json.loads(run_cli("add", str(src), "--json", home=home, check=True).stdout)
     assert added["name"] == "data.bin" and added["size"] == 5 * MIB
     assert added["new_chunks"] == added["chunks"] and added["stored_bytes"] < 5 * MIB
@@ -37,8 +45,9 @@ def test_add_get_round_trip_and_json(home: Path, tmp_path: Path) -> None:
     assert again["new_chunks"] == 0 and again["dedup_chunks"] == added["chunks"]
 
     out = tmp_path / "out.bin"
-    got = json.loads(run_cli("get", "data.bin", "-o", str(out), "--json", home=home,
-                             check=True).stdout)
+    got = json.loads(
+        run_cli("get", "data.bin", "-o", str(out), "--json", home=home, check=True).stdout
+    )
     assert got["size"] == 5 * MIB and out.read_bytes() == src.read_bytes()
     piped = run_cli("get", added["manifest_id"], "-o", "-", home=home, check=True)
     assert piped.stdout == src.read_bytes()
@@ -59,21 +68,26 @@ def test_get_defaults_to_name_in_current_directory(home: Path, tmp_path: Path) -
     run_cli("add", str(src), "--name", "copy.txt", home=home, check=True)
     work = tmp_path / "work"
     work.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "chunkstore_cli", "get", "copy.txt", "--home",
-                           str(home)], cwd=work, capture_output=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "chunkstore_cli", "get", "copy.txt", "--home", str(home)],
+        cwd=work,
+        capture_output=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (work / "copy.txt").read_bytes() == src.read_bytes()
 
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", "..", "/etc/passwd"])
-def test_name_that_would_escape_is_refused_as_output(home: Path, tmp_path: Path,
-                                                     name: str) -> None:
+def test_name_that_would_escape_is_refused_as_output(home: Path, tmp_path: Path, name: str) -> None:
     src = write_file(tmp_path / "f", 100)
     run_cli("add", str(src), "--name", name, home=home, check=True)
     work = tmp_path / "work"
     work.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "chunkstore_cli", "get", name, "--home",
-                           str(home)], cwd=work, capture_output=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "chunkstore_cli", "get", name, "--home", str(home)],
+        cwd=work,
+        capture_output=True,
+    )
     assert_clean_error(proc, "cannot be used as an output file name")
     assert list(work.iterdir()) == [] and not (tmp_path / "escape").exists()
 
@@ -115,20 +129,44 @@ def test_corrupt_chunk_reported_by_get_and_verify(home: Path, tmp_path: Path) ->
     assert proc.returncode == 1 and f"corrupt chunk {bad.hex()}" in proc.stdout.decode()
 
 
+def sigkill_once_stored(proc: subprocess.Popen, home: Path, chunks: int) -> None:
+    """SIGKILL `proc` (an add into `home`) once the store holds `chunks` chunks; fails if
+    the add ended before that."""
+    try:
+        with Store(home) as store:
+            wait_until(
+                lambda: proc.poll() is not None or len(store.chunk_ids()) >= chunks,
+                f"the add to have stored {chunks} chunks",
+            )
+        assert proc.poll() is None, "the add finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+@pytest.mark.slow
 def test_sigkill_during_add_leaves_a_consistent_store(home: Path, tmp_path: Path) -> None:
     small = write_file(tmp_path / "small", 2 * MIB, seed=3)
     run_cli("add", str(small), home=home, check=True)
-    big = write_file(tmp_path / "big", 400 * MIB, text=True)
-    for delay in (0.3, 1.0):
-        proc = subprocess.Popen([sys.executable, "-m", "chunkstore_cli", "add", str(big),
-                                 "--home", str(home)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    big = write_file(tmp_path / "big", 256 * MIB, content=TEXT)
+    # Killed twice: once its first batch of chunks is committed, then (re-adding, which
+    # skips what is stored) once it has committed 40 more. Each kill comes while the add is
+    # still running, so the name it would write last is never there.
+    for more in (1, 40):
+        with Store(home) as store:
+            had = len(store.chunk_ids())
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "chunkstore_cli", "add", str(big), "--home", str(home)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        sigkill_once_stored(proc, home, had + more)
         with Store(home) as store:
             assert verify_store(store).ok
-            assert [n for n, _ in store.names()] in (["small"], ["big", "small"])
+            assert [n for n, _ in store.names()] == ["small"]
+            assert len(store.chunk_ids()) >= had + more  # committed batches survive the kill
     # the orphaned chunks of the killed add do not block gc, and a re-add completes
     run_cli("gc", home=home, check=True)
     run_cli("add", str(big), home=home, check=True)
@@ -138,10 +176,19 @@ def test_sigkill_during_add_leaves_a_consistent_store(home: Path, tmp_path: Path
     assert (tmp_path / "small.out").read_bytes() == small.read_bytes()
 
 
+@pytest.mark.slow
 def test_two_processes_adding_at_once(home: Path, tmp_path: Path) -> None:
-    files = [write_file(tmp_path / f"f{i}", 48 * MIB, seed=i, text=bool(i)) for i in range(2)]
-    procs = [subprocess.Popen([sys.executable, "-m", "chunkstore_cli", "add", str(f),
-                               "--home", str(home)], stderr=subprocess.PIPE) for f in files]
+    files = [
+        write_file(tmp_path / f"f{i}", 48 * MIB, seed=i, content=content)
+        for i, content in enumerate((RANDOM, TEXT))
+    ]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "chunkstore_cli", "add", str(f), "--home", str(home)],
+            stderr=subprocess.PIPE,
+        )
+        for f in files
+    ]
     for p in procs:
         assert p.wait(timeout=300) == 0, p.stderr.read()
     with Store(home) as store:
@@ -153,8 +200,10 @@ def test_two_processes_adding_at_once(home: Path, tmp_path: Path) -> None:
         assert file_hash(out) == file_hash(f)
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not sys.platform.startswith("linux"),
-                    reason="mounting a small tmpfs needs root on Linux")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not sys.platform.startswith("linux"),
+    reason="mounting a small tmpfs needs root on Linux",
+)
 def test_full_disk_gives_clear_error_and_consistent_store(tmp_path: Path) -> None:
     mnt = tmp_path / "small-disk"
     mnt.mkdir()
@@ -176,6 +225,7 @@ def test_full_disk_gives_clear_error_and_consistent_store(tmp_path: Path) -> Non
         subprocess.run(["umount", "-l", str(mnt)])
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_multi_gib_round_trip(home: Path, tmp_path: Path) -> None:
     size = 2 * 1024 * MIB + 12345

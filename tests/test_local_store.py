@@ -1,4 +1,5 @@
-"""The add / get pipeline through a real LMDB store."""
+"""The local store and its operations (add, restore, verify, rm, gc, the announce queue)
+through a real LMDB store."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ from pathlib import Path
 import pytest
 
 import chunkstore
-from chunkstore.objects.chunking import ChunkerParams
 from chunkstore.errors import CorruptChunk, InputError, NotFound
 from chunkstore.local.add import add_file
 from chunkstore.local.store import Store
 from chunkstore.local.verify import verify_store
-from tests.helpers import MIB, corrupt_stored_chunk, file_hash, write_file
+from chunkstore.objects.chunking import ChunkerParams
+from tests.helpers import MIB, TEXT, corrupt_stored_chunk, file_hash, write_file
 
 
 @pytest.fixture
@@ -44,7 +45,7 @@ def test_round_trip_exactly_one_chunk(store: Store, tmp_path: Path) -> None:
 
 
 def test_adding_twice_stores_nothing_new(store: Store, tmp_path: Path) -> None:
-    src = write_file(tmp_path / "f", 12 * MIB, text=True)
+    src = write_file(tmp_path / "f", 12 * MIB, content=TEXT)
     first = add_file(store, src)
     second = add_file(store, src)
     assert first.new_chunks == first.chunks > 1
@@ -56,8 +57,9 @@ def test_insertion_in_the_middle_stores_few_new_chunks(store: Store, tmp_path: P
     src = write_file(tmp_path / "a", 32 * MIB, seed=1)
     data = src.read_bytes()
     edited = tmp_path / "b"
-    edited.write_bytes(data[:16 * MIB] + write_file(tmp_path / "ins", MIB, seed=2).read_bytes()
-                       + data[16 * MIB:])
+    edited.write_bytes(
+        data[: 16 * MIB] + write_file(tmp_path / "ins", MIB, seed=2).read_bytes() + data[16 * MIB :]
+    )
     first = add_file(store, src)
     second = add_file(store, edited, name="b")
     # 1 MiB of new data spans ~1 chunk, plus the chunks cut across each boundary.
@@ -75,7 +77,7 @@ def test_fixed_chunker_loses_dedup_on_insertion(store: Store, tmp_path: Path) ->
 
 
 def test_compressible_data_is_stored_smaller(store: Store, tmp_path: Path) -> None:
-    result = add_file(store, write_file(tmp_path / "t", 8 * MIB, text=True))
+    result = add_file(store, write_file(tmp_path / "t", 8 * MIB, content=TEXT))
     assert result.stored_bytes < result.size * 0.7
 
 
@@ -175,6 +177,7 @@ def test_announce_queue_gives_manifests_first_and_drains(store: Store, tmp_path:
     assert first[0] == (bytes.fromhex(result.manifest_id), b"m") and first[1][1] == b"c"
     everything = store.pending_announces(100)
     assert len(everything) == 1 + 3 and sorted(store.chunk_ids()) == sorted(
-        oid for oid, kind in everything if kind == b"c")
+        oid for oid, kind in everything if kind == b"c"
+    )
     store.ack_announces(everything)
     assert store.pending_announces(100) == []

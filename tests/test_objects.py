@@ -1,4 +1,4 @@
-"""Chunking, codec and manifest: the data formats, without a store."""
+"""The object formats, without a store: ids, chunking, codec and manifest."""
 
 from __future__ import annotations
 
@@ -7,13 +7,29 @@ import os
 
 import pytest
 
+from chunkstore.errors import CorruptChunk, CorruptManifest, InputError
 from chunkstore.objects.chunking import ChunkerParams, iter_chunks
 from chunkstore.objects.codec import CODEC_RAW, CODEC_ZSTD, ChunkCodec
-from chunkstore.errors import CorruptChunk, CorruptManifest
+from chunkstore.objects.ids import ID_BYTES, looks_like_id, object_id, parse_id
 from chunkstore.objects.manifest import ChunkRef, Manifest
-from chunkstore.objects.ids import object_id
 
 MIB = 1024 * 1024
+
+
+def test_object_id_is_blake3_of_the_bytes_and_ids_parse_strictly() -> None:
+    assert object_id(b"abc").hex() == BLAKE3_ABC
+    assert len(object_id(b"")) == ID_BYTES
+    assert object_id(memoryview(b"abc")) == object_id(b"abc")
+    assert looks_like_id("ab" * 32) and looks_like_id("AB" * 32)
+    for bad in ("", "ab" * 31, "ab" * 33, "zz" * 32, "bigfile.iso"):
+        assert not looks_like_id(bad)
+        with pytest.raises(InputError, match="not an object id"):
+            parse_id(bad)
+    assert parse_id("Ab" * 32) == b"\xab" * 32
+
+
+# BLAKE3("abc") from the reference implementation's test vectors.
+BLAKE3_ABC = "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85"
 
 
 def test_fastcdc_sizes_within_bounds_and_lossless() -> None:
@@ -86,10 +102,14 @@ PINNED_ID = "30d3080726886bed2c4485612ced8d54f7fcfc67e73dd9a570c2a17cc2fd8f6e"
 
 def test_block_chunker_matches_pyfastcdc_stream_chunker() -> None:
     from pyfastcdc.cy import FastCDC
+
     data = os.urandom(3 * MIB) + b"abc" * (3 * MIB) + os.urandom(9 * MIB + 5)
     params = ChunkerParams()
     ours = [bytes(c) for c in iter_chunks(io.BytesIO(data), params)]
-    reference = [bytes(c.data) for c in FastCDC(params.avg_size, min_size=params.min_size,
-                                                 max_size=params.max_size)
-                 .cut_stream(io.BytesIO(data))]
+    reference = [
+        bytes(c.data)
+        for c in FastCDC(
+            params.avg_size, min_size=params.min_size, max_size=params.max_size
+        ).cut_stream(io.BytesIO(data))
+    ]
     assert ours == reference

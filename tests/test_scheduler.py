@@ -28,6 +28,7 @@ MB = 1_000_000
 
 # ----------------------------------------------------------------------------- simulator
 
+
 @dataclass
 class SimPeer:
     """A simulated holder. It sends one response at a time at `bandwidth` bytes/s (requests
@@ -58,8 +59,15 @@ class _Job:
 class Simulation:
     """Plays the asyncio layer: starts what the scheduler asks, reports what happens."""
 
-    def __init__(self, sched: DownloadScheduler, sizes: list[int], peers: list[SimPeer], *,
-                 seed: int = 0, register: bool = True) -> None:
+    def __init__(
+        self,
+        sched: DownloadScheduler,
+        sizes: list[int],
+        peers: list[SimPeer],
+        *,
+        seed: int = 0,
+        register: bool = True,
+    ) -> None:
         self.sched = sched
         self.sizes = sizes
         self.peers = {p.pid: p for p in peers}
@@ -218,11 +226,12 @@ class Simulation:
 
 
 def peer(n: int, bandwidth: float, **kw: object) -> SimPeer:
-    return SimPeer(("10.0.0.%d" % n, 4000 + n), bandwidth, **kw)  # type: ignore[arg-type]
+    return SimPeer((f"10.0.0.{n}", 4000 + n), bandwidth, **kw)  # type: ignore[arg-type]
 
 
-def simulate(sizes: list[int], peers: list[SimPeer], seed: int = 0,
-             **sched_kw: object) -> Simulation:
+def simulate(
+    sizes: list[int], peers: list[SimPeer], seed: int = 0, **sched_kw: object
+) -> Simulation:
     sched = DownloadScheduler(sizes, **sched_kw)  # type: ignore[arg-type]
     return Simulation(sched, sizes, peers, seed=seed).run()
 
@@ -238,6 +247,7 @@ def assert_complete(sim: Simulation) -> None:
 
 
 # ----------------------------------------------------------------------------- swarms
+
 
 def test_all_chunks_fetched_once_without_failures() -> None:
     sizes = [256 * KIB] * 300 + [1000]
@@ -341,14 +351,18 @@ def test_slow_peer_does_not_stall_the_tail() -> None:
 def test_flaky_peer_failures_are_retried_on_another_holder() -> None:
     sizes = [128 * KIB] * 300
     flaky = peer(9, 10 * MB, behaviour="flaky", fail_rate=0.3)
-    sim = simulate(sizes, [flaky, peer(1, 10 * MB), peer(2, 10 * MB)], seed=7,
-                   peer_failure_limit=1000)
+    sim = simulate(
+        sizes, [flaky, peer(1, 10 * MB), peer(2, 10 * MB)], seed=7, peer_failure_limit=1000
+    )
     assert_complete(sim)
     errors = [(t, r) for t, r, k in sim.failures if k is FailureKind.ERROR]
     assert errors
     for t, failed in errors:
-        later = [r for tt, r in sim.issued if r.index == failed.index and tt >= t
-                 and r.serial > failed.serial]
+        later = [
+            r
+            for tt, r in sim.issued
+            if r.index == failed.index and tt >= t and r.serial > failed.serial
+        ]
         assert later and all(r.peer != flaky.pid for r in later)
     assert sim.delivered_by[flaky.pid] > 0  # still used for other chunks
 
@@ -405,8 +419,14 @@ def test_scale_10k_chunks_100_peers() -> None:
         bandwidth = rng.choice([1, 2, 5, 10, 20]) * MB
         # A few served the manifest; the rest hold a random tenth of the chunks each.
         holds = None if i < 5 else set(rng.sample(range(n), n // 10))
-        peers.append(SimPeer(("10.1.%d.%d" % (i // 250, i % 250), 4000), bandwidth,
-                             latency=rng.uniform(0.005, 0.1), holds=holds))
+        peers.append(
+            SimPeer(
+                (f"10.1.{i // 250}.{i % 250}", 4000),
+                bandwidth,
+                latency=rng.uniform(0.005, 0.1),
+                holds=holds,
+            )
+        )
     sim = simulate(sizes, peers)
     assert_complete(sim)
     assert len(sim.issued) < n * 1.3
@@ -545,8 +565,14 @@ def test_corrupt_peer_requests_become_overdue_at_once() -> None:
 
 
 def test_down_peer_is_probed_after_backoff_then_given_up() -> None:
-    s = DownloadScheduler([100] * 5, window_min=1, window_max=1, peer_failure_limit=2,
-                          down_backoff=10.0, down_retries=1)
+    s = DownloadScheduler(
+        [100] * 5,
+        window_min=1,
+        window_max=1,
+        peer_failure_limit=2,
+        down_backoff=10.0,
+        down_retries=1,
+    )
     s.add_peer_for_all(A)
     now = 0.0
     for _ in range(2):
@@ -604,3 +630,25 @@ def test_global_cap_on_requests_in_flight() -> None:
     assert_complete(sim)
     assert 0 < peak <= 10
     assert all(sim.delivered_by[p.pid] > 0 for p in peers)  # the cap starves no peer
+
+
+def test_a_peer_lacking_a_chunk_is_not_asked_again_for_it_and_keeps_serving_the_rest() -> None:
+    s = DownloadScheduler([100] * 6, window_min=1, window_max=1)
+    s.add_peer_for_all(A)
+    now = 0.0
+    asked: list[int] = []
+    while not s.done:
+        reqs = s.next_requests(now)
+        if not reqs:
+            break
+        for req in reqs:
+            asked.append(req.index)
+            if req.index in (1, 3):  # 404: the peer does not hold these two
+                s.on_failure(req, now, FailureKind.MISSING)
+            else:
+                s.on_success(req, now)
+        now += 0.01
+    assert sorted(asked) == list(range(6))  # each chunk asked once, 1 and 3 never again
+    assert s.unfetchable() == [1, 3] and s.remaining == 2
+    assert s.peer_stats()[A].state is PeerState.OK  # no strike: it served the other four
+    assert s.next_wakeup() is None

@@ -1,27 +1,40 @@
-"""Multi-process swarm tests on 127.0.0.1: real `serve` processes, real DHT, real HTTP."""
+"""`chunkstore serve` and `get` as a user runs them: multi-process swarms on 127.0.0.1 (real
+`serve` processes, real DHT, real HTTP), and gets that lose a holder or are killed midway.
+
+Every test here starts several processes, so all are `slow`. Where a test interrupts
+something, it waits for a condition (chunks in a store), never for a fixed time."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
-import stat
 import socket
+import stat
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kademlia.network import Server
 
-from chunkstore.local.add import add_file
 from chunkstore.demo.local_swarm import LocalSwarm, node_stats, providers_of, wait_for_providers
+from chunkstore.local.add import add_file
 from chunkstore.local.store import Store
-from tests.helpers import MIB, corrupt_stored_chunk, file_hash, run_cli, write_file
+from tests.helpers import (
+    MIB,
+    corrupt_stored_chunk,
+    file_hash,
+    run_cli,
+    wait_until,
+    wait_until_async,
+    write_file,
+)
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 
 
 def seed(node, path: Path, name: str | None = None) -> str:
@@ -36,6 +49,44 @@ def get_json(node, name: str, out: Path, *extra: str, check: bool = True) -> dic
         assert proc.returncode == 0, proc.stderr.decode()
         return json.loads(proc.stdout)
     return {"returncode": proc.returncode, "stderr": proc.stderr.decode()}
+
+
+def holders_found(node, mid: str, count: int = 1, **options) -> list[dict]:
+    """`wait_for_providers`, failing clearly when the holders do not show up in time."""
+    holders = wait_for_providers(node, mid, count, **options)
+    including = options.get("including")
+    found = {f"{h['host']}:{h['port']}" for h in holders}
+    assert len(holders) >= count, f"{node.dht_address} found {holders} for {mid}"
+    assert including is None or including.transfer_address in found, holders
+    return holders
+
+
+@contextlib.contextmanager
+def cli_process(*args: str) -> Iterator[subprocess.Popen]:
+    """`chunkstore ARGS` started in the background; killed on exit if still running."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chunkstore_cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def wait_for_chunks(home: Path, proc: subprocess.Popen, what: str) -> int:
+    """Poll the store of `home` until it holds a chunk, while `proc` (the get filling it)
+    still runs; returns how many it holds then. Fails if `proc` ended first."""
+    with Store(home) as store:
+        held = wait_until(
+            lambda: proc.poll() is not None or len(store.chunk_ids()),
+            f"the get to store some chunks in {home}",
+        )
+    assert proc.poll() is None, f"the get ended before {what}"
+    return held
 
 
 def one_line_error(proc_stderr: str) -> str:
@@ -53,7 +104,7 @@ def test_five_nodes_get_from_two_holders(tmp_path: Path) -> None:
         for node in holders:
             mid = seed(node, src)
         fetcher = swarm.nodes[3]
-        assert len(wait_for_providers(fetcher, mid, 2)) >= 2
+        holders_found(fetcher, mid, 2)
         result = get_json(fetcher, "movie.bin", tmp_path / "out.bin")
         assert file_hash(tmp_path / "out.bin") == file_hash(src)
         sources = result["sources"]
@@ -62,16 +113,19 @@ def test_five_nodes_get_from_two_holders(tmp_path: Path) -> None:
         assert all(sources[a] > 0 for a in addresses), sources
         assert sum(sources.values()) == result["bytes_fetched"] == 24 * MIB
         # the fetcher announces itself as a holder once done
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            found = {f"{h['host']}:{h['port']}" for h in providers_of(swarm.nodes[4], mid)}
-            if fetcher.transfer_address in found:
-                break
-            time.sleep(0.3)
-        assert fetcher.transfer_address in found
+        wait_until(
+            lambda: (
+                fetcher.transfer_address
+                in {f"{h['host']}:{h['port']}" for h in providers_of(swarm.nodes[4], mid)}
+            ),
+            "the fetcher to be announced as a holder",
+            timeout=20,
+            interval=0.3,
+        )
         proc = run_cli("providers", mid, "--json", home=swarm.nodes[4].home, check=True)
-        assert fetcher.transfer_address in {f"{h['host']}:{h['port']}"
-                                            for h in json.loads(proc.stdout)}
+        assert fetcher.transfer_address in {
+            f"{h['host']}:{h['port']}" for h in json.loads(proc.stdout)
+        }
         peers = json.loads(run_cli("peers", "--json", home=fetcher.home, check=True).stdout)
         assert len(peers) >= 3
 
@@ -80,19 +134,19 @@ def test_stock_kademlia_server_reads_a_published_name(tmp_path: Path) -> None:
     src = write_file(tmp_path / "pub.txt", 1000)
     with LocalSwarm(3) as swarm:
         mid = seed(swarm.nodes[1], src)
-        wait_for_providers(swarm.nodes[2], mid, 1)
+        holders_found(swarm.nodes[2], mid)
 
         async def stock_lookup() -> str | None:
             server = Server()
             await server.listen(0, interface="127.0.0.1")
             try:
                 await server.bootstrap([("127.0.0.1", swarm.nodes[0].info.dht_port)])
-                for _ in range(20):
-                    value = await server.get("pub.txt")
-                    if value is not None:
-                        return value
-                    await asyncio.sleep(0.25)
-                return None
+                return await wait_until_async(
+                    lambda: server.get("pub.txt"),
+                    "the stock server to read the name",
+                    timeout=10,
+                    interval=0.25,
+                )
             finally:
                 server.stop()
 
@@ -103,23 +157,42 @@ def test_short_lived_node_with_bootstrap_and_unknown_name(tmp_path: Path) -> Non
     src = write_file(tmp_path / "doc.bin", 3 * MIB, seed=4)
     with LocalSwarm(3) as swarm:
         mid = seed(swarm.nodes[1], src)
-        wait_for_providers(swarm.nodes[2], mid, 1)
+        holders_found(swarm.nodes[2], mid)
         home = tmp_path / "fresh"  # no node serves this home
         boot = swarm.nodes[0].dht_address
-        proc = run_cli("get", "doc.bin", "-o", str(tmp_path / "doc.out"), "--bootstrap", boot,
-                       "--json", home=home, check=True)
+        proc = run_cli(
+            "get",
+            "doc.bin",
+            "-o",
+            str(tmp_path / "doc.out"),
+            "--bootstrap",
+            boot,
+            "--json",
+            home=home,
+            check=True,
+        )
         assert json.loads(proc.stdout)["chunks_fetched"] > 0
         assert file_hash(tmp_path / "doc.out") == file_hash(src)
         # a device as output is written through, never replaced by a file
-        run_cli("get", "doc.bin", "-o", os.devnull, "--bootstrap", boot, home=tmp_path / "dev",
-                check=True)
+        run_cli(
+            "get",
+            "doc.bin",
+            "-o",
+            os.devnull,
+            "--bootstrap",
+            boot,
+            home=tmp_path / "dev",
+            check=True,
+        )
         assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
 
-        started = time.monotonic()
-        proc = run_cli("get", "no-such-file", "-o", str(tmp_path / "x"), "--bootstrap", boot,
-                       home=home)
-        assert proc.returncode != 0 and time.monotonic() - started < 20
-        assert "no-such-file" in one_line_error(proc.stderr.decode())
+        # an unknown name is a clean "not found", and nothing is written
+        proc = run_cli(
+            "get", "no-such-file", "-o", str(tmp_path / "x"), "--bootstrap", boot, home=home
+        )
+        assert proc.returncode != 0
+        assert "no file named 'no-such-file'" in one_line_error(proc.stderr.decode())
+        assert not (tmp_path / "x").exists()
         proc = run_cli("get", "doc.bin", "-o", str(tmp_path / "y"), home=tmp_path / "lonely")
         assert "--bootstrap" in one_line_error(proc.stderr.decode())  # names the way out
         proc = run_cli("get", "../escape", home=swarm.nodes[2].home)
@@ -132,13 +205,14 @@ def test_holder_killed_mid_transfer(tmp_path: Path) -> None:
         a, b, fetcher = swarm.nodes[1], swarm.nodes[2], swarm.nodes[3]
         mid = seed(a, src)
         seed(b, src)
-        wait_for_providers(fetcher, mid, 2)
-        get = subprocess.Popen([sys.executable, "-m", "chunkstore_cli", "get", "big.bin", "-o",
-                                str(tmp_path / "out"), "--json", "--home", str(fetcher.home)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        time.sleep(1.5)
-        a.kill()
-        out, err = get.communicate(timeout=120)
+        holders_found(fetcher, mid, 2)
+        with cli_process(
+            "get", "big.bin", "-o", str(tmp_path / "out"), "--json", "--home", str(fetcher.home)
+        ) as get:
+            # the transfer is under way once chunks reach the fetcher's store: kill a holder
+            wait_for_chunks(fetcher.home, get, "a holder could be killed")
+            a.kill()
+            out, err = get.communicate(timeout=120)
         assert get.returncode == 0, err.decode()
         assert file_hash(tmp_path / "out") == file_hash(src)
         assert json.loads(out)["sources"].get(b.transfer_address, 0) > 0
@@ -158,7 +232,7 @@ def test_lying_peer_is_detected_and_avoided(tmp_path: Path) -> None:
         mid = seed(liar, src)
         seed(honest, src)
         corrupt_all_chunks(liar.home)
-        wait_for_providers(fetcher, mid, 2)
+        holders_found(fetcher, mid, 2)
         result = get_json(fetcher, "f.bin", tmp_path / "out")
         assert file_hash(tmp_path / "out") == file_hash(src)
         assert result["sources"].get(liar.transfer_address, 0) == 0
@@ -171,14 +245,12 @@ def test_missing_holder_then_resume_without_refetching(tmp_path: Path) -> None:
     with LocalSwarm(3, upload_rate="4MB") as swarm:
         holder, fetcher = swarm.nodes[1], swarm.nodes[2]
         mid = seed(holder, src)
-        wait_for_providers(fetcher, mid, 1)
+        holders_found(fetcher, mid)
         out = tmp_path / "out"
-        get = subprocess.Popen([sys.executable, "-m", "chunkstore_cli", "get", "r.bin", "-o",
-                                str(out), "--home", str(fetcher.home)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        time.sleep(2.0)
-        holder.kill()  # the only holder vanishes: the get cannot complete
-        _, err = get.communicate(timeout=120)
+        with cli_process("get", "r.bin", "-o", str(out), "--home", str(fetcher.home)) as get:
+            wait_for_chunks(fetcher.home, get, "the holder could be killed")
+            holder.kill()  # the only holder vanishes: the get cannot complete
+            _, err = get.communicate(timeout=120)
         assert get.returncode != 0
         line = one_line_error(err.decode())
         assert "chunks could not be fetched" in line, line
@@ -189,7 +261,7 @@ def test_missing_holder_then_resume_without_refetching(tmp_path: Path) -> None:
 
         # the holder comes back (same home): the get resumes from what the store kept
         back = swarm.start_node([swarm.nodes[0].dht_address], home=holder.home)
-        wait_for_providers(fetcher, mid, including=back)
+        holders_found(fetcher, mid, including=back)
         served_before = node_stats(back)["bytes_served"]
         result = get_json(fetcher, "r.bin", out)
         assert file_hash(out) == file_hash(src)
@@ -203,22 +275,31 @@ def test_get_killed_midway_resumes(tmp_path: Path) -> None:
     with LocalSwarm(3, upload_rate="4MB") as swarm:
         holder, fetcher = swarm.nodes[1], swarm.nodes[2]
         mid = seed(holder, src)
-        wait_for_providers(fetcher, mid, 1)
+        holders_found(fetcher, mid)
         out = tmp_path / "out"
         # a short-lived get (not through the node) killed with SIGKILL mid-way
         home = tmp_path / "client"
-        cmd = [sys.executable, "-m", "chunkstore_cli", "get", "k.bin", "-o", str(out),
-               "--home", str(home), "--bootstrap", swarm.nodes[0].dht_address]
-        get = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(2.5)
-        get.send_signal(signal.SIGKILL)
-        get.wait()
+        Store(home).close()  # created here, so the test can watch it from the start
+        args = [
+            "get",
+            "k.bin",
+            "-o",
+            str(out),
+            "--home",
+            str(home),
+            "--bootstrap",
+            swarm.nodes[0].dht_address,
+        ]
+        with cli_process(*args) as get:
+            wait_for_chunks(home, get, "it could be killed")
+            get.send_signal(signal.SIGKILL)
+            get.wait()
+        assert get.returncode == -signal.SIGKILL
         assert not out.exists()
         stat = json.loads(run_cli("stat", mid, "--json", home=home, check=True).stdout)
         kept = stat["chunks_present"]
         assert 0 < kept < stat["chunks"]
-        result = json.loads(subprocess.run(cmd + ["--json"], capture_output=True,
-                                           check=True).stdout)
+        result = json.loads(run_cli(*args, "--json", check=True).stdout)
         assert result["chunks_reused"] == kept
         assert result["chunks_fetched"] + kept == stat["chunks"]
         assert file_hash(out) == file_hash(src)
@@ -231,22 +312,28 @@ def test_garbage_traffic_does_not_take_a_node_down(tmp_path: Path) -> None:
         target, fetcher = swarm.nodes[1], swarm.nodes[2]
         mid = seed(target, src)
         udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        for payload in (b"", b"\x00", b"\xff" * 9000, b"\x00" + b"A" * 20 + b"\x93\x01",
-                        bytes(range(256)) * 4):
+        for payload in (
+            b"",
+            b"\x00",
+            b"\xff" * 9000,
+            b"\x00" + b"A" * 20 + b"\x93\x01",
+            bytes(range(256)) * 4,
+        ):
             udp.sendto(payload, ("127.0.0.1", target.info.dht_port))
         udp.close()
-        for raw in (b"\x16\x03\x01\x00garbage\r\n\r\n", b"GET /" + b"a" * 100000 + b"\r\n\r\n",
-                    b"GET /chunks/zz HTTP/1.1\r\nHost: x\r\n\r\n",
-                    b"POST /chunks/x HTTP/1.1\r\nContent-Length: 99999999\r\n\r\nabc"):
+        for raw in (
+            b"\x16\x03\x01\x00garbage\r\n\r\n",
+            b"GET /" + b"a" * 100000 + b"\r\n\r\n",
+            b"GET /chunks/zz HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"POST /chunks/x HTTP/1.1\r\nContent-Length: 99999999\r\n\r\nabc",
+        ):
             with socket.create_connection(("127.0.0.1", target.info.transfer_port), 5) as s:
                 s.sendall(raw)
                 s.settimeout(5)
-                try:
+                with contextlib.suppress(TimeoutError, ConnectionResetError):
                     s.recv(1024)
-                except (socket.timeout, ConnectionResetError):
-                    pass
         assert target.proc.poll() is None
-        wait_for_providers(fetcher, mid, 1)
+        holders_found(fetcher, mid)
         get_json(fetcher, "g.bin", tmp_path / "out")
         assert file_hash(tmp_path / "out") == file_hash(src)
 

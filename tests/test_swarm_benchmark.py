@@ -35,14 +35,26 @@ def children() -> set[int]:
 def test_tiny_loopback_run_is_complete_and_byte_identical(tmp_path: Path) -> None:
     aria = have_aria2c()
     before = children()
-    config = BenchConfig(size=8 * MIB, holders=(1, 2), rate=20e6, repeat=1, contents=(MIXED,),
-                         uncapped_holders=(1,), aria2c=aria, workdir=tmp_path)
+    config = BenchConfig(
+        size=8 * MIB,
+        holders=(1, 2),
+        rate=20e6,
+        repeat=1,
+        contents=(MIXED,),
+        uncapped_holders=(1,),
+        aria2c=aria,
+        workdir=tmp_path,
+    )
     lines: list[str] = []
     result = run_bench(config, lines.append)
 
     measured = {(m.tool, m.capped, m.holders) for m in result.measurements}
-    expected = {(CHUNKSTORE, True, 1), (CHUNKSTORE, True, 2), (CHUNKSTORE, False, 1),
-                (LOCAL, False, 0)}
+    expected = {
+        (CHUNKSTORE, True, 1),
+        (CHUNKSTORE, True, 2),
+        (CHUNKSTORE, False, 1),
+        (LOCAL, False, 0),
+    }
     if aria:
         expected |= {(ARIA2C, True, 1), (ARIA2C, True, 2), (ARIA2C, False, 1)}
     assert measured == expected, lines
@@ -62,13 +74,22 @@ def test_tiny_loopback_run_is_complete_and_byte_identical(tmp_path: Path) -> Non
         assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() != 0 or not shutil.which("ip")
-                    or not shutil.which("tc"), reason="netns mode needs root, ip and tc")
+@pytest.mark.skipif(
+    os.name != "posix" or os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("tc"),
+    reason="netns mode needs root, ip and tc",
+)
 def test_tiny_netns_run_cleans_up_its_namespaces(tmp_path: Path) -> None:
     before = children()
-    config = BenchConfig(size=4 * MIB, holders=(1, 2), rate=50e6, repeat=1,
-                         contents=(RANDOM,), aria2c=have_aria2c(), netns=True,
-                         workdir=tmp_path)
+    config = BenchConfig(
+        size=4 * MIB,
+        holders=(1, 2),
+        rate=50e6,
+        repeat=1,
+        contents=(RANDOM,),
+        aria2c=have_aria2c(),
+        netns=True,
+        workdir=tmp_path,
+    )
     try:
         result = run_bench(config)
     except BenchUnavailable as e:

@@ -1,4 +1,5 @@
-"""Transfer layer: real servers on 127.0.0.1, a real store, real sockets; plus the token bucket.
+"""Transfer layer: real servers on 127.0.0.1, a real store, real sockets (the token bucket
+that caps uploads is tested in test_ratelimit.py).
 
 Each test runs its own event loop (asyncio.run) and stops every server and client it starts.
 """
@@ -6,6 +7,7 @@ Each test runs its own event loop (asyncio.run) and stops every server and clien
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import socket
@@ -17,15 +19,15 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from chunkstore.objects.chunking import ChunkerParams
-from chunkstore.objects.codec import ChunkCodec
-from chunkstore.local.add import add_file
-from chunkstore.objects.manifest import Manifest
-from chunkstore.net.ratelimit import TokenBucket
-from chunkstore.local.store import Store
 from chunkstore.errors import PeerBusy, PeerError, PeerMissing, TransferError
+from chunkstore.local.add import add_file
+from chunkstore.local.store import Store
 from chunkstore.net.transfer_client import TransferClient
 from chunkstore.net.transfer_server import IMMUTABLE, TransferServer
+from chunkstore.objects.chunking import ChunkerParams
+from chunkstore.objects.codec import ChunkCodec
+from chunkstore.objects.manifest import Manifest
+from tests.helpers import wait_until_async
 
 HOST = "127.0.0.1"
 CHUNK = 64 * 1024
@@ -86,36 +88,8 @@ def is_error_or_close(answer: bytes) -> bool:
     return answer == b"" or answer.startswith((b"HTTP/1.1 4", b"HTTP/1.0 4"))
 
 
-# -- token bucket (pure logic) ----------------------------------------------------------------
-
-def test_bucket_starts_full_then_paces_at_rate():
-    bucket = TokenBucket(rate=100.0, burst=50.0)
-    assert bucket.reserve(50, now=10.0) == 0.0  # the first burst is free
-    assert bucket.reserve(100, now=10.0) == pytest.approx(1.0)
-    assert bucket.reserve(100, now=10.0) == pytest.approx(2.0)  # queued behind the first
-    assert bucket.available(now=12.0) == pytest.approx(0.0)  # the debt is paid off
-    assert bucket.available(now=20.0) == pytest.approx(50.0)
-
-
-def test_bucket_credit_is_capped_at_burst_and_time_never_goes_back():
-    bucket = TokenBucket(rate=10.0, burst=5.0)
-    bucket.reserve(0, now=0.0)
-    assert bucket.available(now=1000.0) == pytest.approx(5.0)
-    bucket.reserve(5, now=1000.0)
-    assert bucket.available(now=900.0) == pytest.approx(0.0)  # a clock step back earns nothing
-    assert bucket.reserve(10, now=1000.0) == pytest.approx(1.0)
-
-
-def test_bucket_rejects_nonsense():
-    with pytest.raises(ValueError):
-        TokenBucket(rate=0)
-    with pytest.raises(ValueError):
-        TokenBucket(rate=1, burst=0)
-    with pytest.raises(ValueError):
-        TokenBucket(rate=1).reserve(-1, now=0)
-
-
 # -- round trips ------------------------------------------------------------------------------
+
 
 def test_fetch_chunks_and_manifest_round_trip_and_verify(stocked):
     store, manifest = stocked
@@ -125,10 +99,13 @@ def test_fetch_chunks_and_manifest_round_trip_and_verify(stocked):
         server = await serve(store)
         try:
             async with TransferClient() as client:
-                received = await asyncio.gather(*(
-                    client.fetch_chunk(HOST, server.port, ref.chunk_id, ref.size + 1)
-                    for ref in manifest.chunks))
-                for ref, stored in zip(manifest.chunks, received):
+                received = await asyncio.gather(
+                    *(
+                        client.fetch_chunk(HOST, server.port, ref.chunk_id, ref.size + 1)
+                        for ref in manifest.chunks
+                    )
+                )
+                for ref, stored in zip(manifest.chunks, received, strict=True):
                     assert stored == store.get_stored(ref.chunk_id)
                     assert len(codec.decode_verified(ref.chunk_id, stored)) == ref.size
                 data = await client.fetch_manifest(HOST, server.port, manifest.id)
@@ -162,8 +139,9 @@ def test_headers_head_conditional_and_health(stocked):
                     assert await r.read() == b""
                 async with http.head(f"{base}/manifests/{UNKNOWN.hex()}") as r:
                     assert r.status == 404
-                async with http.get(f"{base}/chunks/{cid.hex()}",
-                                    headers={"If-None-Match": f'"{cid.hex()}"'}) as r:
+                async with http.get(
+                    f"{base}/chunks/{cid.hex()}", headers={"If-None-Match": f'"{cid.hex()}"'}
+                ) as r:
                     assert r.status == 304
                 async with http.get(f"{base}/health") as r:
                     health = await r.json()
@@ -210,8 +188,14 @@ def test_curl_fetches_the_stored_form(stocked, tmp_path):
         try:
             # A subprocess, not subprocess.run: blocking here would block the server's loop.
             proc = await asyncio.create_subprocess_exec(
-                "curl", "-sSf", "--max-time", "10", "-o", str(out),
-                f"http://{HOST}:{server.port}/chunks/{cid.hex()}")
+                "curl",
+                "-sSf",
+                "--max-time",
+                "10",
+                "-o",
+                str(out),
+                f"http://{HOST}:{server.port}/chunks/{cid.hex()}",
+            )
             assert await asyncio.wait_for(proc.wait(), 15) == 0
         finally:
             await server.stop()
@@ -222,6 +206,7 @@ def test_curl_fetches_the_stored_form(stocked, tmp_path):
 
 # -- upload cap and concurrency bound -----------------------------------------------------------
 
+
 def test_upload_cap_holds_across_connections(stocked):
     store, manifest = stocked
     rate = 4 * 1024 * 1024
@@ -231,8 +216,12 @@ def test_upload_cap_holds_across_connections(stocked):
         try:
             async with TransferClient(connections_per_peer=4) as client:
                 start = time.monotonic()
-                got = await asyncio.gather(*(client.fetch_chunk(HOST, server.port, ref.chunk_id)
-                                             for ref in manifest.chunks))
+                got = await asyncio.gather(
+                    *(
+                        client.fetch_chunk(HOST, server.port, ref.chunk_id)
+                        for ref in manifest.chunks
+                    )
+                )
                 elapsed = time.monotonic() - start
         finally:
             await server.stop()
@@ -253,20 +242,25 @@ def test_excess_requests_get_503_at_once_and_slots_are_freed(stocked):
         server = await serve(store, upload_rate=128 * 1024, max_concurrent=2)
         try:
             async with TransferClient(connections_per_peer=8) as client:
-                slow = [asyncio.create_task(client.fetch_chunk(HOST, server.port, r.chunk_id))
-                        for r in refs[:2]]
-                while server.active < 2:
-                    await asyncio.sleep(0.01)
-                start = time.monotonic()
+                slow = [
+                    asyncio.create_task(client.fetch_chunk(HOST, server.port, r.chunk_id))
+                    for r in refs[:2]
+                ]
+                await wait_until_async(lambda: server.active == 2, "both slow requests admitted")
                 excess = await asyncio.gather(
                     *(client.fetch_chunk(HOST, server.port, r.chunk_id) for r in refs[2:]),
-                    return_exceptions=True)
-                refused_in = time.monotonic() - start
+                    return_exceptions=True,
+                )
                 assert all(isinstance(e, PeerBusy) for e in excess), excess
                 assert all(e.retry_after == 1.0 for e in excess)
-                assert refused_in < 0.5  # answered at once, not queued behind the slow ones
-                assert [len(s) for s in await asyncio.gather(*slow)] == \
-                       [len(store.get_stored(r.chunk_id)) for r in refs[:2]]
+                # Answered at once, not queued behind the slow ones: every refusal came while
+                # both slots were still taken and before either slow response was complete.
+                assert server.requests_refused == 4
+                assert server.active == 2 and server.requests_served == 0
+                assert not any(task.done() for task in slow)
+                assert [len(s) for s in await asyncio.gather(*slow)] == [
+                    len(store.get_stored(r.chunk_id)) for r in refs[:2]
+                ]
                 assert server.active == 0
                 assert await client.fetch_chunk(HOST, server.port, refs[5].chunk_id)
         finally:
@@ -276,7 +270,8 @@ def test_excess_requests_get_503_at_once_and_slots_are_freed(stocked):
     run(main)
 
 
-def test_a_peer_that_stops_reading_is_dropped(stocked):
+def test_a_peer_that_stops_reading_is_dropped(stocked, caplog):
+    caplog.set_level(logging.INFO, logger="chunkstore.net.transfer_server")
     store, manifest = stocked
     cid = manifest.chunks[0].chunk_id
     # Pipelined requests for ~10 MiB: far more than the socket buffers, so writes stall.
@@ -290,14 +285,18 @@ def test_a_peer_that_stops_reading_is_dropped(stocked):
         try:
             await asyncio.get_running_loop().sock_connect(sock, (HOST, server.port))
             await asyncio.get_running_loop().sock_sendall(sock, requests)
-            deadline = time.monotonic() + 10
-            while server.active == 0 and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
-            while server.active and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            assert server.active == 0  # the stalled request gave its slot back
+            # Its send times out: the server drops the connection and frees the slot.
+            await wait_until_async(
+                lambda: any("dropping it" in r.getMessage() for r in caplog.records),
+                "the server to drop the stalled peer",
+                timeout=10,
+            )
+            await wait_until_async(lambda: server.active == 0, "the stalled request's slot")
+            served = server.requests_served
+            assert served < 160  # the rest of the pipelined requests were never answered
             async with TransferClient() as client:
                 assert await client.fetch_chunk(HOST, server.port, cid)
+            assert server.requests_served == served + 1 and server.requests_refused == 0
         finally:
             sock.close()
             await server.stop()
@@ -306,6 +305,7 @@ def test_a_peer_that_stops_reading_is_dropped(stocked):
 
 
 # -- hostile input -----------------------------------------------------------------------------
+
 
 def test_malformed_http_gets_an_error_or_close_and_serving_goes_on(stocked):
     store, manifest = stocked
@@ -320,16 +320,27 @@ def test_malformed_http_gets_an_error_or_close_and_serving_goes_on(stocked):
             assert is_error_or_close(await raw_exchange(port, b"HELLO\r\n\r\n"))
             long_line = b"GET /chunks/" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
             assert is_error_or_close(await raw_exchange(port, long_line))
-            long_header = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 100_000 + b"\r\n\r\n"
+            long_header = (
+                b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 100_000 + b"\r\n\r\n"
+            )
             assert is_error_or_close(await raw_exchange(port, long_header))
             many = b"".join(b"X-%d: y\r\n" % i for i in range(5000))
-            assert is_error_or_close(await raw_exchange(port, b"GET /health HTTP/1.1\r\n" + many
-                                                        + b"\r\n"))
-            huge_post = (f"POST /chunks/{cid.hex()} HTTP/1.1\r\nHost: x\r\n"
-                         "Content-Length: 10000000000\r\n\r\n").encode() + b"\0" * (4 << 20)
+            assert is_error_or_close(
+                await raw_exchange(port, b"GET /health HTTP/1.1\r\n" + many + b"\r\n")
+            )
+            huge_post = (
+                f"POST /chunks/{cid.hex()} HTTP/1.1\r\nHost: x\r\n"
+                "Content-Length: 10000000000\r\n\r\n"
+            ).encode() + b"\0" * (4 << 20)
             assert is_error_or_close(await raw_exchange(port, huge_post))
-            body_get = (f"GET /chunks/{cid.hex()} HTTP/1.1\r\nHost: x\r\n"
-                        "Transfer-Encoding: chunked\r\n\r\n").encode() + b"ffffff\r\n" + b"z" * 4096
+            body_get = (
+                (
+                    f"GET /chunks/{cid.hex()} HTTP/1.1\r\nHost: x\r\n"
+                    "Transfer-Encoding: chunked\r\n\r\n"
+                ).encode()
+                + b"ffffff\r\n"
+                + b"z" * 4096
+            )
             assert is_error_or_close(await raw_exchange(port, body_get))
 
             async with TransferClient() as client:
@@ -341,6 +352,7 @@ def test_malformed_http_gets_an_error_or_close_and_serving_goes_on(stocked):
 
 
 # -- client error mapping -----------------------------------------------------------------------
+
 
 def test_client_maps_404_refused_and_bad_status(stocked):
     store, manifest = stocked
@@ -362,11 +374,9 @@ def test_client_maps_404_refused_and_bad_status(stocked):
                     await client.fetch_chunk(HOST, server.port, UNKNOWN)
                 with pytest.raises(PeerMissing):
                     await client.fetch_manifest(HOST, server.port, UNKNOWN)
-                start = time.monotonic()
-                with pytest.raises(PeerError) as refused:
+                # A refused connection is an error of its own at once, not a wait for a timeout.
+                with pytest.raises(PeerError, match="cannot connect"):
                     await client.fetch_chunk(HOST, closed_port(), UNKNOWN)
-                assert time.monotonic() - start < 2
-                assert "cannot connect" in str(refused.value)
                 with pytest.raises(PeerError, match="HTTP 500"):
                     await client.fetch_chunk(HOST, bad_port, UNKNOWN)
                 # after errors the pooled client still works
@@ -411,10 +421,10 @@ def test_client_times_out_on_a_silent_peer():
         port = listener.sockets[0].getsockname()[1]
         try:
             async with TransferClient(timeout=0.5) as client:
-                start = time.monotonic()
-                with pytest.raises(PeerError, match="within"):
+                # The client's own deadline ended it (the message names it), not the peer.
+                with pytest.raises(PeerError, match=r"no complete answer within 0\.5 s"):
                     await client.fetch_chunk(HOST, port, UNKNOWN)
-                assert time.monotonic() - start < 2
+            assert len(accepted) == 1  # it connected, and the peer never answered
         finally:
             for w in accepted:
                 w.close()
@@ -457,8 +467,9 @@ def test_oversized_responses_are_refused(stocked):
                     await client.fetch_manifest(HOST, server.port, manifest.id, max_size=10)
                 with pytest.raises(PeerError, match="exceeds"):
                     await client.fetch_chunk(HOST, hostile_port, ref.chunk_id, 1 << 20)
-                assert await client.fetch_chunk(HOST, server.port, ref.chunk_id,
-                                                len(stored)) == stored
+                assert (
+                    await client.fetch_chunk(HOST, server.port, ref.chunk_id, len(stored)) == stored
+                )
         finally:
             await runner.cleanup()
             await server.stop()
@@ -468,6 +479,7 @@ def test_oversized_responses_are_refused(stocked):
 
 def test_transfer_errors_are_network_errors():
     from chunkstore.errors import NetworkError
+
     for cls in (PeerBusy, PeerMissing, PeerError):
         assert issubclass(cls, TransferError) and issubclass(cls, NetworkError)
     assert "10.0.0.1:80" in str(PeerError("10.0.0.1:80", "reset"))

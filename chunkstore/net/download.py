@@ -22,6 +22,7 @@ from chunkstore.errors import (
     NetworkError,
     NotFound,
     PeerBusy,
+    PeerMissing,
 )
 from chunkstore.local.output import Output, atomic_output
 from chunkstore.local.pipeline import BackgroundWriter
@@ -195,7 +196,9 @@ class _ChunkFetch:
             )
         except PeerBusy:
             return req, FailureKind.BUSY, None
-        except NetworkError:  # PeerMissing (404) included: that peer does not have it
+        except PeerMissing:  # it holds other chunks, maybe: only this one is not asked again
+            return req, FailureKind.MISSING, None
+        except NetworkError:  # refused, reset, timed out, a bad answer
             return req, FailureKind.ERROR, None
         try:
             # Inline on the loop: ~1 ms per MiB, cheaper than a thread hop per chunk here.

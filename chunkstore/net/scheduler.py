@@ -47,7 +47,9 @@ class FailureKind(enum.Enum):
     """Why a request did not deliver a verified chunk."""
 
     TIMEOUT = "timeout"  # no answer in time (the caller aborted it, usually via `overdue`)
-    ERROR = "error"  # connection refused/reset, HTTP 404/5xx, truncated body
+    ERROR = "error"  # connection refused/reset, HTTP 5xx, truncated body
+    MISSING = "missing"  # the peer does not hold this chunk (HTTP 404): never ask it again
+    #                      for this one, no strike (it may hold the others)
     BUSY = "busy"  # the peer asked us to retry later: back off from it, no strike
     CORRUPT = "corrupt"  # bytes did not verify: the peer is never used again
 
@@ -236,6 +238,7 @@ class DownloadScheduler:
         self._count = [0] * n  # len(self._holders[i]): the rarity key
         self._copies: dict[int, list[Request]] = {}  # chunks in flight -> requests, oldest first
         self._failed_on: dict[int, set[PeerId]] = {}  # chunk -> peers it failed on
+        self._lacking: dict[int, set[PeerId]] = {}  # chunk -> peers that said they lack it
         self._flights: dict[Request, _Flight] = {}
         self._peers: dict[PeerId, _Peer] = {}
         self._universal: dict[PeerId, _Peer] = {}
@@ -442,7 +445,13 @@ class DownloadScheduler:
         peer = self._peers[req.peer]
         index = req.index
         self._release(req, peer, now)
-        if kind is FailureKind.BUSY:
+        if kind is FailureKind.MISSING:
+            self._lacking.setdefault(index, set()).add(peer.pid)
+            holders = self._holders[index]
+            if holders is not None and peer.pid in holders:
+                del holders[peer.pid]
+                self._count[index] -= 1
+        elif kind is FailureKind.BUSY:
             # Not the peer's fault: back off and ask less of it, but no strike.
             peer.busy_streak += 1
             backoff = min(self._max_backoff, self._busy_backoff * 2 ** (peer.busy_streak - 1))
@@ -491,11 +500,13 @@ class DownloadScheduler:
         A DOWN peer may still be probed after its back-off; the caller decides whether to
         wait for that (see `next_wakeup`) or report these chunks as missing now.
         """
-        if any(self._usable(p) for p in self._universal.values()):
-            return []
+        universal = [pid for pid, p in self._universal.items() if self._usable(p)]
         out = []
         for index, holders in enumerate(self._holders):
             if self._done[index] or index in self._copies:
+                continue
+            lacking = self._lacking.get(index, ())
+            if any(pid not in lacking for pid in universal):
                 continue
             if not holders or not any(self._usable(self._peers[h]) for h in holders):
                 out.append(index)
@@ -591,8 +602,9 @@ class DownloadScheduler:
         for pid in self._holders[index] or ():
             if pid != peer.pid and pid not in failed and self._usable(self._peers[pid]):
                 return True
+        lacking = self._lacking.get(index, ())
         for pid, other in self._universal.items():
-            if pid != peer.pid and pid not in failed and self._usable(other):
+            if pid != peer.pid and pid not in failed and pid not in lacking and self._usable(other):
                 return True
         return False
 
@@ -610,6 +622,11 @@ class DownloadScheduler:
                 continue  # pushed again if it ever returns to waiting
             if key != count[index]:
                 heapq.heappush(heap, (count[index], index))  # holders changed since the push
+                continue
+            lacking = self._lacking.get(index)
+            if lacking and peer.pid in lacking:
+                if peer.universal:
+                    skipped.append((key, index))  # the shared heap: other peers may have it
                 continue
             failed = failed_on.get(index)
             if failed and peer.pid in failed and self._has_alternative(index, peer):
@@ -636,7 +653,12 @@ class DownloadScheduler:
             if not reqs or len(reqs) >= self._copies_max:
                 continue  # pushed again if a copy fails while another is still in flight
             failed = self._failed_on.get(index)
-            if (failed and peer.pid in failed) or any(r.peer == peer.pid for r in reqs):
+            lacking = self._lacking.get(index)
+            if (
+                (failed and peer.pid in failed)
+                or (lacking and peer.pid in lacking)
+                or any(r.peer == peer.pid for r in reqs)
+            ):
                 skipped.append((start, index))
                 continue
             out.append(self._issue(index, peer, now))
@@ -686,6 +708,7 @@ class DownloadScheduler:
         self._done[index] = 1
         self._remaining -= 1
         self._failed_on.pop(index, None)
+        self._lacking.pop(index, None)
         cancelled = self._copies.pop(index, [])
         for req in cancelled:
             del self._flights[req]
