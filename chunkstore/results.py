@@ -20,6 +20,7 @@ class AddResult:
     new_chunks: int
     dedup_chunks: int
     stored_bytes: int  # bytes this add wrote to the store (new chunks only)
+    link: str = ""  # a share link for `get` on another machine (see chunkstore.link)
 
 
 @dataclass
@@ -38,6 +39,8 @@ class GetResult:
     seconds: float
     output: str  # the path written, "-" for a stream, "" for the store only
     sources: dict[str, int] = field(default_factory=dict)  # "host:port" -> raw bytes delivered
+    first_byte_seconds: float | None = None  # from the call to the first verified chunk
+    phases: dict[str, float] = field(default_factory=dict)  # phase -> seconds it ended at
 
     @property
     def throughput(self) -> float:

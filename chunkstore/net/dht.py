@@ -167,6 +167,12 @@ class DhtNode:
         return self._server.node.id
 
     @property
+    def own_host(self) -> str | None:
+        """This node's IP as peers reach it: the host it listens on, or for a wildcard the
+        address a peer observed (None until one did)."""
+        return self._own_host
+
+    @property
     def port(self) -> int:
         """The UDP port the node listens on (useful after `start(port=0)`)."""
         self._require_running()

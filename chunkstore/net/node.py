@@ -8,6 +8,7 @@ local API on 127.0.0.1) instead of starting a DHT node of their own.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -53,6 +54,9 @@ class NodeInfo:
     dht_port: int
     transfer_port: int
     api_url: str
+    # The IP peers reach this node at: `host` unless it is a wildcard, else the address a peer
+    # observed ("" until one did). Rewritten in node.json when it is learnt.
+    advertised_host: str = ""
 
     def dht_address(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
@@ -171,10 +175,9 @@ class Node:
                 dht_port=self.dht.port,
                 transfer_port=self.transfer.port,
                 api_url=f"http://127.0.0.1:{api_port}",
+                advertised_host=self.dht.own_host or "",
             )
-            tmp = self.home / (NODE_FILE + ".tmp")
-            tmp.write_text(json.dumps(asdict(self.info)))
-            os.replace(tmp, self.home / NODE_FILE)
+            self._write_node_file()
         except BaseException:
             await self._stop_listening()  # whatever started: nothing left listening
             self.info = None
@@ -217,6 +220,18 @@ class Node:
         self.info = None
         if self._own_store:
             self.store.close()
+
+    def _write_node_file(self) -> None:
+        tmp = self.home / (NODE_FILE + ".tmp")
+        tmp.write_text(json.dumps(asdict(self.info)))
+        os.replace(tmp, self.home / NODE_FILE)
+
+    def _note_advertised_host(self) -> None:
+        """Record in node.json the address peers observed, once the DHT has learnt it."""
+        learnt = self.dht.own_host or ""
+        if self.info is not None and learnt != self.info.advertised_host:
+            self.info = dataclasses.replace(self.info, advertised_host=learnt)
+            self._write_node_file()
 
     async def _stop_listening(self) -> None:
         if self._api_runner is not None:
@@ -305,7 +320,9 @@ class Node:
                 if time.monotonic() >= next_reannounce:
                     self.requeue_everything()
                     next_reannounce = time.monotonic() + self.reannounce_seconds
-                if not await self.announce_pending():
+                announced = await self.announce_pending()
+                self._note_advertised_host()
+                if not announced:
                     await asyncio.sleep(IDLE_POLL_SECONDS)
             except asyncio.CancelledError:
                 raise
