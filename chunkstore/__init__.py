@@ -3,6 +3,7 @@
     import chunkstore
     chunkstore.add("bigfile.iso")                      # into ~/.chunkstore (or home=...)
     chunkstore.get("bigfile.iso", "copy.iso")          # local, or from the swarm
+    token = chunkstore.link("bigfile.iso")             # a share link: get takes it anywhere
     async with chunkstore.Node(port=4100) as node:     # serve, announce, fetch
         await node.fetch("other.iso", "other.iso")
 
@@ -36,7 +37,21 @@ from chunkstore.errors import (
 from chunkstore.local.store import Store
 from chunkstore.net.providers import Holder
 from chunkstore.objects.chunking import ChunkerParams
-from chunkstore.porcelain import add, fetch, gc, get, ls, peers, providers, rm, stat, verify
+from chunkstore.objects.link import Link, LinkAddress
+from chunkstore.porcelain import (
+    add,
+    fetch,
+    gc,
+    get,
+    link,
+    link_note,
+    ls,
+    peers,
+    providers,
+    rm,
+    stat,
+    verify,
+)
 from chunkstore.results import (
     AddResult,
     FileEntry,
@@ -64,6 +79,8 @@ __all__ = [
     "GetResult",
     "Holder",
     "InputError",
+    "Link",
+    "LinkAddress",
     "MissingChunks",
     "NetworkError",
     "NoNetwork",
@@ -84,6 +101,8 @@ __all__ = [
     "fetch",
     "gc",
     "get",
+    "link",
+    "link_note",
     "ls",
     "peers",
     "providers",

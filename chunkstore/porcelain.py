@@ -7,18 +7,45 @@ binary stream. Errors are `ChunkstoreError`s with a message a user can act on.
 
 The network stack (aiohttp, kademlia: ~0.3 s to import) is imported only by the calls that
 need the network, so a local `get` starts fast.
+
+Share links (`chunkstore.objects.link`): `add` and `link` make one, `get` and `fetch` take
+one wherever they take a name. The address a link carries is the one the node serving the
+home is reached at by peers: its `serve` host when that is an IP, else (a node listening on
+every interface) the address a peer observed it at, with its DHT and transfer ports. So:
+- with no node serving the home, or a node that has no address yet (listening on every
+  interface and alone, so no peer has told it one), a link carries no address: it works
+  only where a node already in the swarm can find the file by its id (`link_note` says
+  why, and asking again once the node knows its address gives a link with one);
+- an observed address is the one the first peer saw: behind NAT it is the public address
+  and the ports must be forwarded; a loopback or private address works only on this
+  machine or network; a node restarted on other ports makes its older links stale;
+- the link names one holder; the receiver joins the DHT through it (in addition to any
+  bootstrap given), finds every holder of the manifest, and also asks the link's holder
+  directly, so the file is fetched before the DHT has learnt of it; what comes is
+  verified against the link's manifest id, whoever serves it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import ipaddress
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, BinaryIO
 
-from chunkstore.errors import ChunkstoreError, InputError, NoNetwork, NotFound
+from chunkstore.errors import (
+    BootstrapFailed,
+    ChunkstoreError,
+    InputError,
+    MissingChunks,
+    NetworkError,
+    NoNetwork,
+    NotFound,
+)
 from chunkstore.local.add import add_file
 from chunkstore.local.inventory import file_info, list_files
 from chunkstore.local.output import Output, as_output
@@ -28,6 +55,7 @@ from chunkstore.local.verify import verify_store
 from chunkstore.net.addresses import parse_addresses
 from chunkstore.objects.chunking import FASTCDC, FIXED, ChunkerParams
 from chunkstore.objects.codec import DEFAULT_LEVEL
+from chunkstore.objects.link import Link, LinkAddress, looks_like_link
 from chunkstore.results import (
     AddResult,
     FileEntry,
@@ -39,7 +67,10 @@ from chunkstore.results import (
 )
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from chunkstore.net.dht import Contact
+    from chunkstore.net.lookup import Lookup
     from chunkstore.net.providers import Holder
 
 Home = str | os.PathLike[str] | Store | None
@@ -79,6 +110,7 @@ def add(
 ) -> AddResult:
     """Chunk, hash, compress and store the file at `path` under `name` (default: its base
     name), replacing what that name pointed at. `progress(n)` is called as bytes are read.
+    The result's `link` is a share link for it (see `link`).
 
     Raises InputError for a missing, unreadable or non-regular file or a bad name or level,
     StoreFull when the disk fills (the store keeps its last complete state)."""
@@ -86,7 +118,74 @@ def add(
         raise InputError(f"zstd level must be 1..22, not {level}")
     params = _chunker(chunker)
     with open_store(home) as store:
-        return add_file(store, path, name=name, level=level, chunker=params, progress=progress)
+        result = add_file(store, path, name=name, level=level, chunker=params, progress=progress)
+        addresses, _ = _share_addresses(store.home)
+        token = Link(bytes.fromhex(result.manifest_id), result.name, addresses).encode()
+        return dataclasses.replace(result, link=token)
+
+
+def link(name_or_id: str, *, home: Home = None) -> str:
+    """A share link for a file complete in the store: its manifest id, its name (for an id,
+    a name pointing at it, if any) and the address of the node serving `home` as peers
+    reach it, if it has one (`link_note` says why not). `get` takes it on any machine.
+
+    Raises NotFound for an unknown file, InputError for one not complete here (a link
+    would send peers to a node that cannot serve all of it)."""
+    with open_store(home) as store:
+        mid, manifest = store.resolve(name_or_id)
+        if store.missing_chunks(r.chunk_id for r in manifest.chunks):
+            raise InputError(
+                f"{name_or_id!r} is incomplete in the store at {store.home}: "
+                "get all of it before sharing it"
+            )
+        if store.lookup_name(name_or_id) == mid:
+            name = name_or_id
+        else:
+            name = next((n for n, m in store.names() if m == mid), "")
+        addresses, _ = _share_addresses(store.home)
+        return Link(mid, name, addresses).encode()
+
+
+def link_note(*, home: Home = None) -> str:
+    """Why a link made now on `home` carries no address to join through, or a limit of the
+    address it carries (loopback: this machine only); "" when there is nothing to say."""
+    with open_store(home) as store:
+        return _share_addresses(store.home)[1]
+
+
+def _share_addresses(home: Path) -> tuple[tuple[LinkAddress, ...], str]:
+    """The address links made on `home` carry (its node's, as peers reach it), and a note."""
+    # Lazy: reading node.json through chunkstore.net.node loads aiohttp (~0.15 s).
+    from chunkstore.net.node import running_node
+
+    info = running_node(home)
+    if info is None:
+        return (), (
+            f"no node serves {home}, so the link carries no address to join through: it works "
+            "only where a node can find the file; start a node on this home and make the "
+            "link again"
+        )
+    if not info.advertised_host:
+        return (), (
+            f"the node serving {home} listens on {info.host or 'every interface'} and no peer "
+            "has told it its address yet, so the link carries no address to join through; "
+            "make the link again once a peer has contacted the node, or give the node an "
+            "IP address to listen on"
+        )
+    try:
+        address = LinkAddress(info.advertised_host, info.dht_port, info.transfer_port)
+    except InputError:
+        return (), (
+            f"the node serving {home} is reached at {info.advertised_host!r}, not an IP "
+            "address, so the link carries no address to join through"
+        )
+    note = ""
+    if ipaddress.ip_address(address.host).is_loopback:
+        note = (
+            f"the link's address {address.host} is a loopback address: only this machine "
+            "can join through it"
+        )
+    return (address,), note
 
 
 def _local_get(
@@ -125,7 +224,12 @@ def _local_get(
     )
 
 
-def _no_network(store: Store, name_or_id: str) -> NoNetwork:
+def _no_network(store: Store, name_or_id: str, link: Link | None) -> NoNetwork:
+    if link is not None:
+        return NoNetwork(
+            f"the file of the link is not in the local store, the link carries no address to "
+            f"join through and no node serves {store.home} to find it"
+        )
     try:
         store.resolve(name_or_id)
         state = "is incomplete in"
@@ -134,6 +238,34 @@ def _no_network(store: Store, name_or_id: str) -> NoNetwork:
     return NoNetwork(
         f"{name_or_id!r} {state} the local store and no node serves {store.home} to fetch it"
     )
+
+
+def _read_target(
+    name_or_id: str, bootstrap: Bootstrap
+) -> tuple[str, Link | None, list[tuple[str, int]]]:
+    """What to fetch (a name, or the manifest id of a link), the link, and the addresses to
+    join through: those given, then the link's."""
+    peers = parse_addresses(bootstrap)
+    if not looks_like_link(name_or_id):
+        return name_or_id, None, peers
+    link = Link.decode(name_or_id)
+    for address in link.addresses:
+        if (address.host, address.dht_port) not in peers:
+            peers.append((address.host, address.dht_port))
+    return link.manifest_id.hex(), link, peers
+
+
+def _name_from_link(store: Store, link: Link | None, result: GetResult) -> GetResult:
+    """After a get through a link: its name points at its file in the store (as after an
+    add, replacing what the name pointed at), and the result says so."""
+    if link is None or not link.name:
+        return result
+    manifest = store.get_manifest(link.manifest_id)
+    if manifest is not None:
+        store.put_manifest(manifest, name=link.name, announce=False)
+        store.sync()
+        result.name = link.name
+    return result
 
 
 def get(
@@ -146,25 +278,27 @@ def get(
     progress: Progress | None = None,
     on_total: Callable[[int], None] | None = None,
 ) -> GetResult:
-    """Write the file `name_or_id` (a name or a manifest id) to `output`, for scripts.
+    """Write the file `name_or_id` (a name, a manifest id or a share link) to `output`, for
+    scripts.
 
     From the local store when the file is complete there (no network code is loaded); else
     from the swarm through the node serving `home` (in this process or another), else
     through a short-lived node joined via `bootstrap` ("host:port" strings or (host, port)
-    pairs). `on_total(size)` is called once the file's size is known, `progress(n)` as bytes
-    arrive. Inside a running event loop use `await chunkstore.fetch(...)`.
+    pairs) and a link's addresses. A link's file is fetched by its manifest id and gets the
+    link's name in the store. `on_total(size)` is called once the file's size is known,
+    `progress(n)` as bytes arrive. Inside a running event loop use
+    `await chunkstore.fetch(...)`.
 
     Raises NotFound (unknown name, no holder), NoNetwork (not complete locally and no way to
-    the network), MissingChunks (some chunks had no reachable holder: what came stays in the
-    store and a retry resumes), OutputExists (output exists and not `force`)."""
-    peers = parse_addresses(bootstrap)
+    the network), BootstrapFailed (no bootstrap or link address answered), MissingChunks
+    (some chunks had no reachable holder: what came stays in the store and a retry
+    resumes), OutputExists (output exists and not `force`), InputError (a bad link)."""
+    what, link, peers = _read_target(name_or_id, bootstrap)
     target = as_output(output)
     with open_store(home) as store:
-        local = _local_get(
-            store, name_or_id, target, force=force, progress=progress, on_total=on_total
-        )
+        local = _local_get(store, what, target, force=force, progress=progress, on_total=on_total)
         if local is not None:
-            return local
+            return _name_from_link(store, link, local)
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -174,11 +308,19 @@ def get(
                 "chunkstore.get() cannot run inside an event loop: "
                 "use `await chunkstore.fetch(...)` there"
             )
-        return asyncio.run(
+        result = asyncio.run(
             _fetch_remote(
-                store, name_or_id, target, peers, force=force, progress=progress, on_total=on_total
+                store,
+                what,
+                target,
+                peers,
+                link,
+                force=force,
+                progress=progress,
+                on_total=on_total,
             )
         )
+        return _name_from_link(store, link, result)
 
 
 async def fetch(
@@ -194,17 +336,42 @@ async def fetch(
     """`get` for code already inside an event loop; `output=None` fills the store only.
 
     A local restore runs on a worker thread, so the loop keeps running meanwhile."""
-    peers = parse_addresses(bootstrap)
+    what, link, peers = _read_target(name_or_id, bootstrap)
     target = None if output is None else as_output(output)
     with open_store(home) as store:
         local = await asyncio.to_thread(
-            _local_get, store, name_or_id, target, force=force, progress=progress, on_total=on_total
+            _local_get, store, what, target, force=force, progress=progress, on_total=on_total
         )
-        if local is not None:
-            return local
-        return await _fetch_remote(
-            store, name_or_id, target, peers, force=force, progress=progress, on_total=on_total
-        )
+        if local is None:
+            local = await _fetch_remote(
+                store, what, target, peers, link, force=force, progress=progress, on_total=on_total
+            )
+        return _name_from_link(store, link, local)
+
+
+class _LinkLookup:
+    """A lookup that also gives a link's addresses as holders of its manifest: the link's
+    maker said it holds the file, so it is asked even before (or without) the DHT knowing
+    it. With `inner` None (the DHT could not be joined) only those holders are known."""
+
+    def __init__(self, inner: Lookup | None, link: Link) -> None:
+        from chunkstore.net.providers import Holder
+
+        self.inner = inner
+        self.manifest_id = link.manifest_id
+        self.holders = [Holder(a.host, a.transfer_port) for a in link.addresses]
+
+    async def resolve_name(self, name: str) -> str | None:
+        return None if self.inner is None else await self.inner.resolve_name(name)
+
+    async def find_providers(self, object_id: bytes) -> list[Holder]:
+        if object_id != self.manifest_id:
+            return [] if self.inner is None else await self.inner.find_providers(object_id)
+        found = []
+        if self.inner is not None:
+            with contextlib.suppress(NetworkError):
+                found = await self.inner.find_providers(object_id)
+        return found + [h for h in self.holders if h not in found]
 
 
 async def _fetch_remote(
@@ -212,6 +379,7 @@ async def _fetch_remote(
     name_or_id: str,
     output: Output | None,
     bootstrap: list[tuple[str, int]],
+    link: Link | None = None,
     *,
     force: bool,
     progress: Progress | None,
@@ -223,18 +391,38 @@ async def _fetch_remote(
     from chunkstore.net.transfer_client import TransferClient
 
     if not bootstrap and Node.serving(store.home) is None and running_node(store.home) is None:
-        raise _no_network(store, name_or_id)
-    async with open_lookup(store.home, bootstrap) as lookup, TransferClient() as client:
-        return await fetch_file(
-            store,
-            lookup,
-            client,
-            name_or_id,
-            output,
-            force=force,
-            progress=progress,
-            on_total=on_total,
-        )
+        raise _no_network(store, name_or_id, link)
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            lookup: Lookup | None = await stack.enter_async_context(
+                open_lookup(store.home, bootstrap)
+            )
+        except BootstrapFailed:
+            if link is None or not link.addresses:
+                raise
+            # No DHT answered; the link's holders may still serve over TCP (UDP blocked).
+            failed = BootstrapFailed([f"{h}:{p}" for h, p in bootstrap])
+            lookup = None
+        else:
+            failed = None
+        if link is not None:
+            lookup = _LinkLookup(lookup, link)
+        client = await stack.enter_async_context(TransferClient())
+        try:
+            return await fetch_file(
+                store,
+                lookup,
+                client,
+                name_or_id,
+                output,
+                force=force,
+                progress=progress,
+                on_total=on_total,
+            )
+        except (NotFound, NetworkError) as e:
+            if failed is None or isinstance(e, MissingChunks):
+                raise
+            raise failed from None  # neither the DHT nor the link's holders answered
 
 
 def ls(*, home: Home = None) -> list[FileEntry]:

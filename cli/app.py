@@ -23,14 +23,17 @@ from chunkstore.local.output import safe_output_name
 from chunkstore.net.addresses import parse_address
 from chunkstore.objects.chunking import FASTCDC, FIXED
 from chunkstore.objects.codec import DEFAULT_LEVEL
+from chunkstore.objects.link import looks_like_link
 from chunkstore.units import format_size, parse_rate, parse_size
 from chunkstore_cli.render import (
     emit,
     errors_as_messages,
     fail,
+    print_note,
     progress_bar,
     progress_callback,
     stderr,
+    unreachable_link,
 )
 
 app = typer.Typer(
@@ -78,13 +81,28 @@ def add(
                 f"  size    {format_size(r.size)} ({r.size} bytes)",
                 f"  chunks  {r.chunks} ({r.new_chunks} new, {r.dedup_chunks} deduplicated)",
                 f"  stored  {format_size(r.stored_bytes)} new",
+                f"  link    {r.link}",
             ],
         )
+        print_note(chunkstore.link_note(home=home))
+
+
+@app.command()
+def link(
+    name_or_id: Annotated[str, typer.Argument(help="File name or manifest id.")],
+    home: HomeOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Print a share link for a file in the store: `chunkstore get LINK` fetches it anywhere."""
+    with errors_as_messages():
+        token = chunkstore.link(name_or_id, home=home)
+        emit({"link": token}, json, lambda r: [r["link"]])
+        print_note(chunkstore.link_note(home=home))
 
 
 @app.command()
 def get(
-    name_or_id: Annotated[str, typer.Argument(help="File name or manifest id.")],
+    name_or_id: Annotated[str, typer.Argument(help="File name, manifest id or share link.")],
     output: Annotated[
         str | None,
         typer.Option("-o", "--output", help="Output path, or - for stdout (default: ./NAME)."),
@@ -94,23 +112,36 @@ def get(
     home: HomeOpt = None,
     json: JsonOpt = False,
 ) -> None:
-    """Get a file: from the local store if complete, else from every peer that holds it."""
+    """Get a file: from the local store if complete, else from every peer that holds it.
+
+    A share link (from `add` or `link`) needs no node and no --bootstrap: it says where to
+    join, and the file is saved under the link's name."""
     with errors_as_messages():
         peers = [parse_address(a) for a in bootstrap or []]
+        shared = chunkstore.Link.decode(name_or_id) if looks_like_link(name_or_id) else None
         if output == "-":
             target = sys.stdout.buffer
+        elif output:
+            target = Path(output)
+        elif shared is not None:
+            target = Path(safe_output_name(shared.name or shared.manifest_id.hex()))
         else:
-            target = Path(output) if output else Path(safe_output_name(name_or_id))
+            target = Path(safe_output_name(name_or_id))
         with progress_bar("get", None, not json and output != "-") as bar:
-            result = chunkstore.get(
-                name_or_id,
-                target,
-                home=home,
-                bootstrap=peers,
-                force=force,
-                progress=bar,
-                on_total=bar and bar.total,
-            )
+            try:
+                result = chunkstore.get(
+                    name_or_id,
+                    target,
+                    home=home,
+                    bootstrap=peers,
+                    force=force,
+                    progress=bar,
+                    on_total=bar and bar.total,
+                )
+            except chunkstore.BootstrapFailed as e:
+                if shared is None or not shared.addresses:
+                    raise
+                raise fail(unreachable_link(e, bool(peers))) from None
         if output != "-":
             emit(
                 result,

@@ -63,6 +63,27 @@ def message(e: ChunkstoreError) -> str:
     return str(e)
 
 
+def print_note(note: str) -> None:
+    """A share link's limit (e.g. it carries no address to join through), one line on
+    stderr; nothing for an empty note."""
+    if note:
+        stderr.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+
+
+def unreachable_link(e: BootstrapFailed, with_bootstrap: bool) -> str:
+    """The message when nothing a link (and --bootstrap) names answered."""
+    given = (
+        "neither the link's addresses nor the --bootstrap ones"
+        if with_bootstrap
+        else "none of the link's addresses"
+    )
+    return (
+        f"{given} answered ({', '.join(e.addresses)}): the node that made the link "
+        "may be stopped, restarted on other ports or unreachable from here; ask for a new "
+        "link or pass --bootstrap HOST:PORT of another node of the swarm"
+    )
+
+
 @contextmanager
 def errors_as_messages() -> Iterator[None]:
     """Turn the library's errors into a one-line message and an exit code, no traceback."""

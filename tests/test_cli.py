@@ -234,3 +234,36 @@ def test_multi_gib_round_trip(home: Path, tmp_path: Path) -> None:
     out = tmp_path / "huge.out"
     run_cli("get", "huge", "-o", str(out), home=home, check=True, timeout=900)
     assert out.stat().st_size == size and file_hash(out) == file_hash(src)
+
+
+def test_add_prints_a_share_link_and_link_prints_it_again(home: Path, tmp_path: Path) -> None:
+    src = write_file(tmp_path / "shared.bin", 1000)
+    proc = run_cli("add", str(src), home=home, check=True)
+    lines = proc.stdout.decode().splitlines()
+    assert lines[0] == "added shared.bin" and lines[-1].startswith("  link    chunkstore:")
+    token = lines[-1].split()[-1]
+    # No node serves the home: the link has no address to join through, and stderr says so.
+    notes = [line for line in proc.stderr.decode().splitlines() if line.strip()]
+    assert len(notes) == 1 and notes[0].startswith("note: no node serves"), notes
+    again = json.loads(run_cli("add", str(src), "--json", home=home, check=True).stdout)
+    assert again["link"] == token
+    assert run_cli("link", "shared.bin", home=home, check=True).stdout.decode() == token + "\n"
+    by_id = json.loads(run_cli("link", again["manifest_id"], "--json", home=home).stdout)
+    assert by_id == {"link": token}
+    assert_clean_error(run_cli("link", "missing", home=home), "missing")
+
+
+def test_get_by_link_names_the_output_after_the_link(home: Path, tmp_path: Path) -> None:
+    src = write_file(tmp_path / "a.bin", 1000)
+    token = json.loads(run_cli("add", str(src), "--json", home=home, check=True).stdout)["link"]
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "chunkstore_cli", "get", token, "--home", str(home)],
+        cwd=work,
+        capture_output=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert [p.name for p in work.iterdir()] == ["a.bin"]
+    assert (work / "a.bin").read_bytes() == src.read_bytes()
+    assert_clean_error(run_cli("get", token[:-3], home=home), "link")
