@@ -8,11 +8,20 @@ import time
 import pytest
 import umsgpack
 from kademlia.network import Server
+from kademlia.node import Node
 
 from chunkstore.errors import InputError, NetworkError
-from chunkstore.net.dht import DhtNode, dht_key, load_contacts, name_key
-from chunkstore.net.protocol import MAX_HOLDERS_PER_ANSWER
+from chunkstore.net.dht import DhtNode, OwnRecords, dht_key, load_contacts, name_key
+from chunkstore.net.protocol import (
+    INVALID,
+    MAX_HOLDERS_PER_ANSWER,
+    SELF_HOLDER_HOST,
+    ChunkstoreProtocol,
+    NameStorage,
+    parse_providers,
+)
 from chunkstore.net.providers import Holder
+from tests.helpers import wait_until_async
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -50,13 +59,18 @@ async def swarm(size, **node_options):
 
 
 class RawPeer(asyncio.DatagramProtocol):
-    """A plain UDP socket that records every datagram it receives."""
+    """A plain UDP socket that records every datagram it receives: answers in `received`,
+    requests (a node pings a newcomer before handing it anything) in `requests`."""
 
     def __init__(self):
         self.received = asyncio.Queue()
+        self.requests = []
 
     def datagram_received(self, data, addr):
-        self.received.put_nowait(data)
+        if data[:1] == b"\x00":
+            self.requests.append(data)
+        else:
+            self.received.put_nowait(data)
 
 
 @contextlib.asynccontextmanager
@@ -136,7 +150,7 @@ def test_announce_many_announces_every_key():
     async def main():
         async with swarm(4) as nodes:
             keys = [random_key() for _ in range(20)]
-            assert await nodes[0].announce_many(keys, 9100, concurrency=4) == 20
+            assert await nodes[0].announce_many(keys, 9100, concurrency=4) == set(keys)
             for key in keys[:5]:
                 assert await nodes[3].find_providers(key) == [Holder(LOCAL, 9100)]
 
@@ -249,8 +263,8 @@ def test_a_request_cannot_register_a_foreign_address():
             key = random_key()
             async with raw_socket() as (transport, peer):
                 nid = os.urandom(20)
-                transport.sendto(request(["add_provider", [nid, key, "10.1.2.3", 4242]]), target)
-                transport.sendto(request(["add_provider", [nid, key, ["10.1.2.3", 4242]]]), target)
+                transport.sendto(request(["add_provider", [nid, key, "127.1.2.3", 4242]]), target)
+                transport.sendto(request(["add_provider", [nid, key, ["127.1.2.3", 4242]]]), target)
                 # The first answer is to the well-formed request sent after them: the two
                 # naming a foreign address were dropped unanswered.
                 add = os.urandom(20)
@@ -268,14 +282,17 @@ def test_a_request_cannot_register_a_foreign_address():
 
 def test_get_providers_answer_stays_within_one_small_datagram():
     async def main():
-        async with swarm(1) as (node,):
+        # a node holding the object itself names itself too: the answer stays within bounds
+        async with swarm(1, local_holdings=lambda key: 65535) as (node,):
             key = random_key()
             now = time.monotonic()
             for i in range(200):
-                holder = Holder(f"fd00:1234:5678:9abc:def0:1234:5678:{i:x}", 65535)
+                # the longest spelling of a loopback address (IPv4-mapped 127.0.x.x)
+                holder = Holder(f"0000:0000:0000:0000:0000:ffff:7f00:{i:04x}", 65535)
                 node.providers.add(key, holder, now)
             reply = node.protocol.rpc_get_providers((LOCAL, 40000), os.urandom(20), key)
             assert len(reply["providers"]) == MAX_HOLDERS_PER_ANSWER
+            assert reply["providers"][0] == [SELF_HOLDER_HOST, 65535]
             assert len(umsgpack.packb(reply)) < 8192 - 21
 
     run(main)
@@ -383,5 +400,194 @@ def test_bad_arguments_are_refused():
             assert unreachable.known_peers() == []
         finally:
             await unreachable.stop()
+
+    run(main)
+
+
+def decoded_requests(peer):
+    """The requests a raw socket received, as (message id, rpc name, arguments)."""
+    found = []
+    for data in peer.requests:
+        rpc, args = umsgpack.unpackb(data[21:])
+        found.append((data[1:21], rpc, args))
+    return found
+
+
+def test_the_self_marker_reads_as_the_address_asked():
+    answer = {
+        "providers": [
+            [SELF_HOLDER_HOST, 4100],
+            ["127.0.0.1", 4100],  # the node's own record, as it knows its address: merged
+            ["127.0.0.2", 4200],
+            ["", 0],
+            ["not-an-ip", 4300],
+            [SELF_HOLDER_HOST],
+        ],
+        "nodes": [[b"n" * 20, "127.0.0.3", 4400], [b"short", "127.0.0.4", 4500]],
+    }
+    holders, nodes = parse_providers(answer, "127.0.0.1", 20)
+    assert holders == [Holder("127.0.0.1", 4100), Holder("127.0.0.2", 4200)]
+    assert [tuple(n) for n in nodes] == [(b"n" * 20, "127.0.0.3", 4400)]
+    # the marker always means the node asked, never an address it chose
+    holders, _ = parse_providers({"providers": [["", 4100]], "nodes": []}, "127.0.0.9", 20)
+    assert holders == [Holder("127.0.0.9", 4100)]
+    for bad in (None, [], {"providers": "x", "nodes": []}, {"providers": []}):
+        assert parse_providers(bad, "127.0.0.1", 20) is INVALID
+
+
+def test_get_providers_names_the_node_itself_for_what_its_store_holds():
+    held = random_key()
+    protocol = ChunkstoreProtocol(
+        Node(os.urandom(20)),
+        NameStorage(),
+        20,
+        local_holdings=lambda key: 4100 if key == held else None,
+    )
+    protocol.providers.add(held, Holder("127.0.0.2", 4200), time.monotonic())
+    reply = protocol.rpc_get_providers((LOCAL, 40000), os.urandom(20), held)
+    assert reply["providers"] == [[SELF_HOLDER_HOST, 4100], ["127.0.0.2", 4200]]
+    reply = protocol.rpc_get_providers((LOCAL, 40000), os.urandom(20), random_key())
+    assert reply["providers"] == []
+
+
+def test_a_lonely_node_on_every_interface_is_found_as_a_holder_of_its_own_objects():
+    async def main():
+        held = random_key()
+        alone = DhtNode(local_holdings=lambda key: 4100 if key == held else None)
+        asker = DhtNode()
+        try:
+            await alone.start("0.0.0.0", 0)
+            assert alone.own_host is None  # nobody told it its address yet
+            await asker.start(LOCAL, 0, [(LOCAL, alone.port)])
+            assert await asker.find_providers(held) == [Holder(LOCAL, 4100)]
+            assert await asker.find_providers(random_key()) == []
+        finally:
+            await asker.stop()
+            await alone.stop()
+
+    run(main)
+
+
+def test_announce_many_reports_the_keys_nobody_accepted():
+    async def main():
+        async with swarm(1) as (alone,):
+            keys = [random_key() for _ in range(3)]
+            assert await alone.announce_many(keys, 9500) == set()  # no remote node
+            # it still records itself locally, knowing its address
+            assert await alone.find_providers(keys[0]) == [Holder(LOCAL, 9500)]
+
+    run(main)
+
+
+def test_records_are_handed_to_the_first_contact_once_it_answers_a_ping():
+    film, port = random_key(), 4100
+
+    async def main():
+        alone = DhtNode(
+            own_records=lambda: OwnRecords(port, [film], [("film.iso", MANIFEST)]),
+        )
+        async with swarm(0):
+            await alone.start(LOCAL, 0)
+            try:
+                rpcs = RpcLog(alone)
+                target = (LOCAL, alone.port)
+                async with raw_socket() as (liar_t, liar), raw_socket() as (peer_t, peer):
+                    # a newcomer that answers our ping with another id is handed nothing
+                    liar_t.sendto(request(["ping", [os.urandom(20)]]), target)
+                    await wait_until_async(lambda: liar.requests, "a ping to the newcomer")
+                    ((msg_id, rpc, args),) = decoded_requests(liar)
+                    assert (rpc, args) == ("ping", [alone.node_id])
+                    liar_t.sendto(b"\x01" + msg_id + umsgpack.packb(os.urandom(20)), target)
+                    # one that answers with its id is handed the name, then (once the name
+                    # is acknowledged) the provider record
+                    nid = os.urandom(20)
+                    peer_t.sendto(request(["ping", [nid]]), target)
+                    handed = []
+                    for what, reply in (("ping", nid), ("store", True), ("add_provider", True)):
+                        wanted = len(handed) + 1
+                        await wait_until_async(
+                            lambda wanted=wanted: len(peer.requests) >= wanted, f"a {what}"
+                        )
+                        msg_id, rpc, args = decoded_requests(peer)[len(handed)]
+                        handed.append((rpc, args))
+                        peer_t.sendto(b"\x01" + msg_id + umsgpack.packb(reply), target)
+                    assert handed == [
+                        ("ping", [alone.node_id]),
+                        ("store", [alone.node_id, name_key("film.iso"), MANIFEST]),
+                        ("add_provider", [alone.node_id, film, port]),
+                    ]
+                    liar_address = liar_t.get_extra_info("sockname")
+                assert [rpc for _, rpc, _ in rpcs.to(liar_address)] == ["ping"]
+                assert alone.contacts_gained == 1
+            finally:
+                await alone.stop()
+
+    run(main)
+
+
+def test_a_contact_joining_closer_is_handed_the_records_it_should_hold():
+    async def main():
+        async with swarm(4) as nodes:
+            publisher = DhtNode(ksize=2)
+            keys = [random_key() for _ in range(30)]
+            publisher.own_records = lambda: OwnRecords(4100, keys, ())
+            try:
+                await publisher.start(LOCAL, 0, [(LOCAL, n.port) for n in nodes])
+                joiner = DhtNode()
+                await joiner.start(LOCAL, 0, [(LOCAL, publisher.port)])
+                try:
+                    # with k = 2, the joiner should hold the keys where it is among the 2
+                    # closest of the publisher's contacts, and only those
+                    contacts = [c.node_id for c in publisher.known_peers()]
+                    assert joiner.node_id in contacts
+
+                    def among_two_closest(key):
+                        target = int.from_bytes(key, "big")
+                        order = sorted(contacts, key=lambda c: int.from_bytes(c, "big") ^ target)
+                        return joiner.node_id in order[:2]
+
+                    expected = {k for k in keys if among_two_closest(k)}
+                    assert expected and expected != set(keys)
+
+                    def handed():
+                        now = time.monotonic()
+                        return {k for k in keys if joiner.providers.get(k, now)}
+
+                    await wait_until_async(lambda: handed() == expected, "the hand-over")
+                    assert all(
+                        joiner.providers.get(k, time.monotonic()) == [Holder(LOCAL, 4100)]
+                        for k in expected
+                    )
+                finally:
+                    await joiner.stop()
+            finally:
+                await publisher.stop()
+
+    run(main)
+
+
+def test_a_stock_server_joining_is_handed_names_and_stays_a_contact():
+    async def main():
+        publisher = DhtNode(own_records=lambda: OwnRecords(4100, [random_key()], [("n", MANIFEST)]))
+        await publisher.start(LOCAL, 0)
+        rpcs = RpcLog(publisher)
+        stock = Server()
+        await stock.listen(0, LOCAL)
+        try:
+            await stock.bootstrap([(LOCAL, publisher.port)])
+            address = stock.transport.get_extra_info("sockname")[:2]
+            await wait_until_async(
+                lambda: (
+                    [answered for _, rpc, answered in rpcs.to(address) if rpc == "add_provider"]
+                    == [False]
+                ),
+                "the add_provider offer to go unanswered",
+            )
+            assert stock.storage.get(name_key("n")) == MANIFEST  # the name was handed over
+            # stock kademlia ignores add_provider: the node is not dropped for it
+            assert [(c.host, c.port) for c in publisher.known_peers()] == [address]
+        finally:
+            stock.stop()
+            await publisher.stop()
 
     run(main)

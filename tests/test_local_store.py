@@ -181,3 +181,67 @@ def test_announce_queue_gives_manifests_first_and_drains(store: Store, tmp_path:
     )
     store.ack_announces(everything)
     assert store.pending_announces(100) == []
+
+
+def test_a_manifest_is_complete_only_once_every_chunk_is_stored(
+    store: Store, home: Path, tmp_path: Path
+) -> None:
+    whole = add_file(
+        store, write_file(tmp_path / "whole", 3 * MIB), chunker=ChunkerParams.fixed(MIB)
+    )
+    whole_id = bytes.fromhex(whole.manifest_id)
+    assert store.is_complete(whole_id) and store.complete_manifests() == [whole_id]
+    # a DHT key is the first 20 bytes of an id: the store answers for prefixes
+    assert store.holds(whole_id[:20])
+    assert all(store.holds(cid[:20]) for cid in store.chunk_ids())
+    assert not store.holds(os.urandom(20))
+
+    # a download in progress: the manifest first (announce=False), then some of its chunks
+    with Store(tmp_path / "origin") as origin:
+        add_file(
+            origin, write_file(tmp_path / "part", 3 * MIB, seed=9), chunker=ChunkerParams.fixed(MIB)
+        )
+        ((part_id, manifest),) = origin.iter_manifests()
+        refs = manifest.chunks
+        store.put_manifest(manifest, pin=True, announce=False)
+        store.put_chunks([(refs[0].chunk_id, origin.get_stored(refs[0].chunk_id))])
+        assert not store.is_complete(part_id) and not store.holds(part_id[:20])
+        assert store.holds(refs[0].chunk_id[:20]) and not store.holds(refs[1].chunk_id[:20])
+        # announce=True with chunks missing neither records nor queues it
+        store.put_manifest(manifest, name="part", pin=True)
+        assert not store.is_complete(part_id)
+        assert (part_id, b"m") not in store.pending_announces(100)
+        # the last chunks arrive; the download's final put_manifest completes it
+        store.put_chunks([(r.chunk_id, origin.get_stored(r.chunk_id)) for r in refs[1:]])
+        store.put_manifest(manifest, name="part", pin=True)
+    assert store.is_complete(part_id) and store.holds(part_id[:20])
+    assert (part_id, b"m") in store.pending_announces(100)
+    # rm drops the record with the manifest (a pin keeps both)
+    store.remove_name(whole.name)
+    assert not store.is_complete(whole_id) and store.complete_manifests() == [part_id]
+
+
+def test_complete_manifests_are_recorded_for_a_store_made_before_the_table(
+    store: Store, tmp_path: Path
+) -> None:
+    whole = add_file(
+        store, write_file(tmp_path / "whole", 2 * MIB), chunker=ChunkerParams.fixed(MIB)
+    )
+    partial = add_file(
+        store, write_file(tmp_path / "partial", 2 * MIB, seed=3), chunker=ChunkerParams.fixed(MIB)
+    )
+    whole_id, partial_id = bytes.fromhex(whole.manifest_id), bytes.fromhex(partial.manifest_id)
+    _, manifest = store.resolve(partial.name)
+    lost = manifest.chunks[0].chunk_id
+
+    def as_an_old_store(txn) -> None:  # no `complete` records, and a chunk gone
+        txn.drop(store._complete, delete=False)
+        txn.delete(lost, db=store._chunks)
+        txn.delete(lost, db=store._index)
+
+    store._transact(as_an_old_store)
+    assert store.complete_manifests() == []
+    assert store.record_complete_manifests() == 1
+    assert store.complete_manifests() == [whole_id]
+    assert not store.is_complete(partial_id)
+    assert store.record_complete_manifests() == 0  # nothing new: idempotent

@@ -1,16 +1,23 @@
-"""`chunkstore.Node` in one process: life cycle, clean-up after a failed start, and two
-nodes of one program fetching from each other over 127.0.0.1."""
+"""`chunkstore.Node` in one process: life cycle, clean-up after a failed start, two nodes of
+one program fetching from each other over 127.0.0.1, and what a node announces (and keeps
+queued) alone, when a contact joins, and after a restart."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from pathlib import Path
 
 import pytest
 
 import chunkstore
-from chunkstore.net.node import NODE_FILE
+from chunkstore.local.add import add_file
+from chunkstore.local.store import KIND_CHUNK, KIND_MANIFEST, Store
+from chunkstore.net.dht import DhtNode, dht_key
+from chunkstore.net.node import NODE_FILE, RetryBackoff
+from chunkstore.net.providers import Holder
+from chunkstore.objects.chunking import ChunkerParams
 from tests.helpers import MIB, file_hash, wait_until_async, write_file
 
 pytestmark = pytest.mark.timeout(60)
@@ -108,3 +115,92 @@ def test_two_nodes_in_one_process_fetch_from_each_other(tmp_path: Path) -> None:
     asyncio.run(main())
     assert file_hash(out) == file_hash(src)
     assert file_hash(tmp_path / "again.bin") == file_hash(src)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", HOST], ids=["every-interface", "loopback"])
+def test_a_lonely_node_keeps_its_announcements_until_a_contact_accepts_them(
+    tmp_path: Path, host: str
+) -> None:
+    src = write_file(tmp_path / "lonely.bin", 2 * MIB, seed=22)
+    first_home, second_home = tmp_path / "first", tmp_path / "second"
+
+    async def main() -> None:
+        async with chunkstore.Node(first_home, host=host) as first:
+            mid = bytes.fromhex(chunkstore.add(src, home=first_home).manifest_id)
+            assert await first.announce_pending() == 0  # nobody to tell...
+            assert (mid, KIND_MANIFEST) in first.store.pending_announces(1)  # ...so it stays
+            async with chunkstore.Node(
+                second_home, host=HOST, bootstrap=[first.dht_address]
+            ) as second:
+                holder = Holder(HOST, first.transfer_port)
+                # the first contact is told at once, not at the next re-announce
+                await wait_until_async(
+                    lambda: (
+                        second.dht.providers.get(dht_key(mid), time.monotonic()) == [holder]
+                        and not first.store.pending_announces(1)
+                    ),
+                    "the first node's queue to reach the second node",
+                    timeout=10,
+                )
+
+    asyncio.run(main())
+
+
+def test_a_restart_announces_only_files_held_whole(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    fixed = ChunkerParams.fixed(MIB)
+    with Store(tmp_path / "origin") as origin, Store(home) as store:
+        whole = add_file(store, write_file(tmp_path / "whole", 2 * MIB, seed=23), chunker=fixed)
+        whole_id = bytes.fromhex(whole.manifest_id)
+        # an interrupted download: the manifest (pinned, not announced) and one of 3 chunks
+        part = add_file(origin, write_file(tmp_path / "part", 3 * MIB, seed=24), chunker=fixed)
+        part_id = bytes.fromhex(part.manifest_id)
+        manifest = origin.get_manifest(part_id)
+        held = manifest.chunks[0].chunk_id
+        store.put_manifest(manifest, pin=True, announce=False)
+        store.put_chunks([(held, origin.get_stored(held))])
+        # as a store of an older version left it: no `complete` records, and the partial
+        # file's manifest queued for announcing
+        store._transact(lambda txn: txn.drop(store._complete, delete=False))
+        store.queue_announce([part_id], KIND_MANIFEST)
+
+    async def main() -> None:
+        async with chunkstore.Node(home, host=HOST) as node:
+            assert node.store.complete_manifests() == [whole_id]
+            await node.announce_pending()  # alone: drops what must not go out, keeps the rest
+            queued = set(node.store.pending_announces(100))
+            assert (whole_id, KIND_MANIFEST) in queued and (held, KIND_CHUNK) in queued
+            assert (part_id, KIND_MANIFEST) not in queued
+            asker = DhtNode()
+            await asker.start(HOST, 0, [(HOST, node.port)])
+            try:
+                me = [Holder(HOST, node.transfer_port)]
+                assert await asker.find_providers(dht_key(whole_id)) == me
+                assert await asker.find_providers(dht_key(held)) == me
+                assert await asker.find_providers(dht_key(part_id)) == []
+            finally:
+                await asker.stop()
+
+    asyncio.run(main())
+
+
+def test_retries_of_refused_announcements_back_off_and_start_over() -> None:
+    backoff = RetryBackoff(first=1.0, most=60.0)
+    assert backoff.due(0.0)
+    waits = []
+    now = 0.0
+    for _ in range(9):  # every retry refused again
+        backoff.refused(now)
+        assert not backoff.due(now)
+        waits.append(backoff.retry_at - now)
+        now = backoff.retry_at
+        assert backoff.due(now)
+    assert waits == [1, 2, 4, 8, 16, 32, 60, 60, 60]
+    backoff.progressed()  # something went out: the next refusal waits the shortest delay
+    backoff.refused(now)
+    assert backoff.retry_at - now == 1.0
+    backoff.refused(now)
+    backoff.reset()  # a new contact: due at once, from the shortest delay
+    assert backoff.due(now)
+    backoff.refused(now)
+    assert backoff.retry_at - now == 1.0

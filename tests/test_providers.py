@@ -6,9 +6,9 @@ from chunkstore.net.providers import Holder, ProviderStore
 
 K1 = b"\x01" * 20
 K2 = b"\x02" * 20
-A = Holder("10.0.0.1", 8001)
-B = Holder("10.0.0.2", 8002)
-C = Holder("10.0.0.3", 8003)
+A = Holder("127.0.0.1", 8001)
+B = Holder("127.0.0.2", 8002)
+C = Holder("127.0.0.3", 8003)
 
 
 def test_add_merges_holders_instead_of_overwriting():
@@ -58,7 +58,7 @@ def test_reannounce_with_an_older_time_never_shortens_expiry():
 
 def test_holder_cap_keeps_the_freshest():
     store = ProviderStore(ttl=1000, max_holders_per_key=3)
-    holders = [Holder("10.0.0.9", 9000 + i) for i in range(5)]
+    holders = [Holder("127.0.0.9", 9000 + i) for i in range(5)]
     for t, holder in enumerate(holders):
         store.add(K1, holder, now=t)
     assert store.get(K1, now=10) == holders[:1:-1]  # the three latest, newest first
@@ -108,6 +108,6 @@ def test_rejects_nonsensical_limits():
 
 
 def test_holder_is_an_immutable_value():
-    assert Holder("10.0.0.1", 1) == Holder("10.0.0.1", 1)
+    assert Holder("127.0.0.1", 1) == Holder("127.0.0.1", 1)
     with pytest.raises(AttributeError):
         A.port = 1  # type: ignore[misc]

@@ -9,6 +9,9 @@ Named databases:
   manifests  manifest id -> manifest bytes
   names      name (utf-8) -> manifest id
   pins       manifest id -> b"" : kept by gc even with no name (e.g. fetched by id)
+  complete   manifest id -> b"" : manifests whose every chunk is stored (the file is held
+             whole), written in the transaction that makes it so: a node answers "I hold
+             it" from this small table instead of reading the manifest's chunk list
   announce   kind byte + object id -> b"" : ids to announce on the DHT when a node runs;
              the kind leads the key so manifests (b"m") are read before chunks (b"c")
   leases     pid.n (ascii) -> b"" : writers in progress, so gc never frees their chunks
@@ -46,7 +49,16 @@ LOW_DISK_BYTES = 64 * 1024 * 1024
 KIND_CHUNK = b"c"
 KIND_MANIFEST = b"m"
 MAX_NAME_BYTES = 255
-DATABASES = ("chunks", "chunk_index", "manifests", "names", "pins", "announce", "leases")
+DATABASES = (
+    "chunks",
+    "chunk_index",
+    "manifests",
+    "names",
+    "pins",
+    "complete",
+    "announce",
+    "leases",
+)
 T = TypeVar("T")
 _LENGTH = struct.Struct("<I")
 
@@ -130,6 +142,7 @@ class Store:
         self._manifests = shared.dbs["manifests"]
         self._names = shared.dbs["names"]
         self._pins = shared.dbs["pins"]
+        self._complete = shared.dbs["complete"]
         self._announce = shared.dbs["announce"]
         self._leases = shared.dbs["leases"]
 
@@ -268,18 +281,26 @@ class Store:
     ) -> bytes:
         """Store a manifest (and point `name` at it) atomically; returns its id.
 
-        With announce=False the manifest is not queued for announcing: a download in
-        progress holds the manifest but not yet the file, and a peer that announced it
-        would be asked for chunks it does not have."""
+        With announce=True (the default), a manifest whose every chunk is stored is recorded
+        as complete and queued for announcing, in the same transaction; one with chunks
+        missing is neither (a later put_manifest, or `record_complete_manifests`, records
+        it once they are all there). announce=False is for a download in progress: it holds
+        the manifest but not yet the file, and a peer that announced it would be asked for
+        chunks it does not have."""
         data = manifest.to_bytes()
         mid = manifest.id
         key = validate_name(name).encode() if name is not None else None
+        chunk_ids = {r.chunk_id for r in manifest.chunks}
 
         def body(txn: lmdb.Transaction) -> None:
-            if txn.put(mid, data, db=self._manifests, overwrite=False) and announce:
+            txn.put(mid, data, db=self._manifests, overwrite=False)
+            if (
+                announce
+                and txn.get(mid, db=self._complete) is None
+                and all(txn.get(cid, db=self._index) is not None for cid in chunk_ids)
+            ):
+                txn.put(mid, b"", db=self._complete)
                 txn.put(KIND_MANIFEST + mid, b"", db=self._announce)
-            elif announce and txn.get(mid, db=self._pins) is not None:
-                txn.put(KIND_MANIFEST + mid, b"", db=self._announce)  # a finished download
             if key is not None:
                 txn.put(key, mid, db=self._names)
             if pin:
@@ -287,6 +308,57 @@ class Store:
 
         self._transact(body)
         return mid
+
+    def is_complete(self, manifest_id: bytes) -> bool:
+        """True when the manifest is recorded as complete (every chunk of its file stored)."""
+        with self._read() as txn:
+            return txn.get(manifest_id, db=self._complete) is not None
+
+    def complete_manifests(self) -> list[bytes]:
+        """The ids of every manifest recorded as complete."""
+        with self._read() as txn:
+            return [bytes(k) for k in txn.cursor(db=self._complete).iternext(values=False)]
+
+    def holds(self, prefix: bytes) -> bool:
+        """True when a chunk, or a complete manifest, whose id starts with `prefix` is stored.
+
+        DHT keys are the first 20 bytes of an id, so a node answers for its own store with
+        this: two index lookups, whatever the size of the store or of the file."""
+        with self._read() as txn:
+            for db in (self._index, self._complete):
+                cursor = txn.cursor(db=db)
+                if cursor.set_range(prefix) and cursor.key()[: len(prefix)] == prefix:
+                    return True
+        return False
+
+    def record_complete_manifests(self) -> int:
+        """Record as complete every stored manifest whose chunks are all present but which is
+        not recorded yet (stores made before the `complete` table, a download that got every
+        chunk but was stopped before its end); returns how many were recorded. Nothing is
+        queued for announcing: a node requeues complete manifests when it starts."""
+        with self._read() as txn:
+            candidates = [
+                bytes(k)
+                for k in txn.cursor(db=self._manifests).iternext(values=False)
+                if txn.get(k, db=self._complete) is None
+            ]
+        found = []
+        for mid in candidates:
+            manifest = self.get_manifest(mid)
+            if manifest is not None and not self.missing_chunks(
+                r.chunk_id for r in manifest.chunks
+            ):
+                found.append(mid)
+
+        def body(txn: lmdb.Transaction) -> int:
+            recorded = 0
+            for mid in found:
+                # still stored? an `rm` may have dropped it since the snapshot above
+                if txn.get(mid, db=self._manifests) is not None:
+                    recorded += txn.put(mid, b"", db=self._complete)
+            return recorded
+
+        return self._transact(body) if found else 0
 
     def get_manifest(self, manifest_id: bytes) -> Manifest | None:
         """The stored manifest, verified against its id, or None."""
@@ -333,6 +405,7 @@ class Store:
             still_named = any(v == mid for _, v in txn.cursor(db=self._names))
             if not still_named and txn.get(mid, db=self._pins) is None:
                 txn.delete(mid, db=self._manifests)
+                txn.delete(mid, db=self._complete)
             return mid
 
         return self._transact(body)

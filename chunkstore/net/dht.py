@@ -6,6 +6,10 @@ Two record kinds travel in the DHT, never chunk bytes:
 - provider record: DHT key -> holders (host + HTTP transfer port), through two added RPCs,
   `add_provider` and `get_providers`, whose records merge instead of overwriting.
 
+A node answers provider queries for what its own store holds (the `local_holdings` callable),
+and hands its own records to a contact that joins closer to them than the k closest it knew
+(the `own_records` callable): content is found whatever the order in which nodes join.
+
 `DhtNode` is what the rest of chunkstore uses; `ChunkstoreProtocol` (protocol.py) is the wire
 layer.
 """
@@ -16,10 +20,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import socket
 import time
-from collections.abc import Iterable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,12 +40,14 @@ from chunkstore.net.protocol import (
     DEFAULT_RPC_TIMEOUT,
     DHT_KEY_SIZE,
     ChunkstoreProtocol,
+    LocalHoldings,
     NameStorage,
     is_ip,
     is_key,
     is_port,
 )
 from chunkstore.net.providers import Holder, ProviderStore
+from chunkstore.net.ratelimit import TokenBucket, acquire
 from chunkstore.objects.ids import ID_BYTES, looks_like_id, parse_id
 
 log = logging.getLogger(__name__)
@@ -49,6 +57,19 @@ DEFAULT_LOOKUP_TIMEOUT = 5.0
 PROVIDER_CULL_INTERVAL = 600.0
 CONTACTS_FORMAT = 1
 _WILDCARD_HOSTS = {"", "0.0.0.0", "::"}
+# Hand-over to contacts that join: contacts waiting (more are dropped: a flood of new ids
+# must not queue work without bound), contacts served at once, records per contact (its
+# share of our keys; a large store's tail waits for the regular re-announce), and one rate
+# for every hand-over request of this node.
+HANDOVER_QUEUE = 64
+HANDOVER_WORKERS = 2
+HANDOVER_MAX_RECORDS = 512
+HANDOVER_RATE = 100.0
+HANDOVER_BURST = 50.0
+# A contact handed its records is not handed them again for this long (it dropped out of the
+# table and came back, say): the regular announcing keeps them fresh meanwhile.
+HANDOVER_REPEAT_SECONDS = 600.0
+MAX_RECENT_HANDOVERS = 4096
 
 
 def dht_key(object_id: bytes) -> bytes:
@@ -70,6 +91,16 @@ class Contact:
     node_id: bytes
     host: str
     port: int
+
+
+@dataclass(frozen=True)
+class OwnRecords:
+    """The records a node publishes itself, for handing to contacts that join: provider keys
+    (the DHT keys of the files it holds whole) at its transfer port, and its names."""
+
+    transfer_port: int | None = None
+    provider_keys: Sequence[bytes] = ()
+    names: Sequence[tuple[str, str]] = ()  # (name, manifest id hex)
 
 
 class _ProviderSpiderCrawl(SpiderCrawl):
@@ -119,10 +150,12 @@ class _KademliaServer(Server):
         node_id: bytes | None,
         providers: ProviderStore,
         rpc_timeout: float,
+        local_holdings: LocalHoldings | None,
     ) -> None:
         super().__init__(ksize=ksize, alpha=alpha, node_id=node_id, storage=NameStorage())
         self.providers = providers
         self.rpc_timeout = rpc_timeout
+        self.local_holdings = local_holdings
 
     def _create_protocol(self) -> ChunkstoreProtocol:
         return self.protocol_class(
@@ -131,6 +164,7 @@ class _KademliaServer(Server):
             self.ksize,
             providers=self.providers,
             wait_timeout=self.rpc_timeout,
+            local_holdings=self.local_holdings,
         )
 
 
@@ -140,6 +174,13 @@ class DhtNode:
     Every lookup is bounded by `lookup_timeout` seconds and every RPC by `rpc_timeout`; a
     contact that does not answer is dropped from the routing table and skipped for a while.
     Methods other than `start` raise NetworkError if the node is not running.
+
+    `local_holdings(key)` gives this node's transfer port when its own store holds the object
+    of `key` whole (None otherwise): the node then answers get_providers with itself, even
+    while it does not know its own address. `own_records()` gives what this node publishes:
+    when a contact enters the routing table, it is handed the provider keys and names among
+    whose k closest known nodes it now is (all of them for a first contact), once it has
+    answered a ping from us, at most HANDOVER_MAX_RECORDS of them, at a bounded rate.
     """
 
     def __init__(
@@ -151,15 +192,28 @@ class DhtNode:
         rpc_timeout: float = DEFAULT_RPC_TIMEOUT,
         lookup_timeout: float = DEFAULT_LOOKUP_TIMEOUT,
         providers: ProviderStore | None = None,
+        local_holdings: LocalHoldings | None = None,
+        own_records: Callable[[], OwnRecords] | None = None,
     ) -> None:
         if node_id is not None and not is_key(node_id):
             raise ValueError(f"a node id is {DHT_KEY_SIZE} bytes")
         self.providers = providers if providers is not None else ProviderStore()
         self.lookup_timeout = lookup_timeout
-        self._server = _KademliaServer(ksize, alpha, node_id, self.providers, rpc_timeout)
+        self.own_records = own_records
+        self._server = _KademliaServer(
+            ksize, alpha, node_id, self.providers, rpc_timeout, local_holdings
+        )
         self._own_host: str | None = None
         self._culler: asyncio.Task | None = None
         self._running = False
+        # made in `start`: asyncio primitives belong to the loop that runs the node
+        self._joined: asyncio.Queue[tuple[Node, bool]] | None = None
+        self._queued: set[bytes] = set()  # ids of the contacts in `_joined`
+        self._handover_workers: list[asyncio.Task] = []
+        self._handover_rate = TokenBucket(HANDOVER_RATE, HANDOVER_BURST)
+        self._recent_handovers: OrderedDict[tuple[bytes, str, int], float] = OrderedDict()
+        self._contacts_gained = 0
+        self._contact_event: asyncio.Event | None = None
 
     @property
     def node_id(self) -> bytes:
@@ -184,6 +238,25 @@ class DhtNode:
         self._require_running()
         return self._server.protocol
 
+    @property
+    def contacts_gained(self) -> int:
+        """How many contacts have entered the routing table having answered us (a reply to
+        one of our requests, or to the ping a newcomer that contacted us is sent)."""
+        return self._contacts_gained
+
+    async def wait_for_new_contact(self, since: int, timeout: float) -> bool:
+        """Wait up to `timeout` s for `contacts_gained` to move past `since`; True if it did."""
+        self._require_running()
+        if self._contacts_gained != since:
+            return True
+        event = self._contact_event
+        try:
+            async with asyncio.timeout(timeout):
+                await event.wait()
+        except TimeoutError:
+            return False
+        return True
+
     async def start(
         self, host: str = "0.0.0.0", port: int = 0, bootstrap: Sequence[tuple[str, int]] = ()
     ) -> int:
@@ -201,7 +274,14 @@ class DhtNode:
         self._running = True
         if host not in _WILDCARD_HOSTS:
             self._own_host = host
+        self._joined = asyncio.Queue(HANDOVER_QUEUE)
+        self._queued.clear()
+        self._contact_event = asyncio.Event()
+        self._server.protocol.on_new_contact = self._contact_joined
         self._culler = asyncio.create_task(self._cull_regularly())
+        self._handover_workers = [
+            asyncio.create_task(self._hand_over_to_joiners()) for _ in range(HANDOVER_WORKERS)
+        ]
         return await self.bootstrap(bootstrap)
 
     async def stop(self) -> None:
@@ -209,10 +289,16 @@ class DhtNode:
         if not self._running:
             return
         self._running = False
-        if self._culler is not None:
-            self._culler.cancel()
+        self._server.protocol.on_new_contact = None
+        tasks = [t for t in (self._culler, *self._handover_workers) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._culler
+                await task
+        self._handover_workers = []
+        self._joined = None
+        self._queued.clear()
         self._server.stop()
         await asyncio.sleep(0)  # let the transport deliver connection_lost
 
@@ -238,9 +324,10 @@ class DhtNode:
 
     async def announce(self, key: bytes, transfer_port: int) -> int:
         """Record this node as a holder of `key` (a 20-byte DHT key) at `transfer_port`, on the
-        k closest nodes and locally. Remote nodes record the address they see us at. Returns
-        how many remote nodes accepted the record; records expire after the store TTL (24 h
-        by default), so re-announce before that."""
+        k closest nodes and locally (locally only once this node knows its address). Remote
+        nodes record the address they see us at. Returns how many remote nodes accepted the
+        record; records expire after the store TTL (24 h by default), so re-announce before
+        that."""
         self._require_running()
         if not is_key(key):
             raise ValueError(f"a DHT key is {DHT_KEY_SIZE} bytes; use dht_key()")
@@ -258,23 +345,22 @@ class DhtNode:
 
     async def announce_many(
         self, keys: Iterable[bytes], transfer_port: int, concurrency: int = 8
-    ) -> int:
-        """`announce` every key with at most `concurrency` lookups in flight; returns how many
-        keys at least one remote node accepted."""
+    ) -> set[bytes]:
+        """`announce` every key with at most `concurrency` lookups in flight; returns the keys
+        at least one remote node accepted (the others are worth retrying later)."""
         self._require_running()
         keys = list(keys)
         for key in keys:
             if not is_key(key):
                 raise ValueError(f"a DHT key is {DHT_KEY_SIZE} bytes; use dht_key()")
         pending = iter(keys)
-        accepted = 0
+        accepted: set[bytes] = set()
 
         async def worker() -> None:
-            nonlocal accepted
             # one shared iterator: each key is taken by exactly one worker
             for key in pending:
                 if await self.announce(key, transfer_port) > 0:
-                    accepted += 1
+                    accepted.add(key)
 
         async with asyncio.TaskGroup() as group:
             for _ in range(max(1, min(concurrency, len(keys)))):
@@ -362,6 +448,136 @@ class DhtNode:
         tmp.write_text(json.dumps({"format": CONTACTS_FORMAT, "contacts": contacts}))
         os.replace(tmp, path)
         return len(contacts)
+
+    # -- contacts that join ------------------------------------------------------------------
+    def _contact_joined(self, node: Node, answered: bool) -> None:
+        """From the protocol, while a datagram is handled: queue the newcomer (never block)."""
+        if answered:
+            self._note_contact_gained()
+        if node.id in self._queued or self._joined is None:
+            return
+        try:
+            self._joined.put_nowait((node, answered))
+        except asyncio.QueueFull:
+            log.debug("hand-over queue full: %s gets no hand-over", node)
+            return
+        self._queued.add(node.id)
+
+    def _note_contact_gained(self) -> None:
+        self._contacts_gained += 1
+        if self._contact_event is not None:
+            event, self._contact_event = self._contact_event, asyncio.Event()
+            event.set()
+
+    async def _hand_over_to_joiners(self) -> None:
+        queue = self._joined
+        assert queue is not None, "started by start()"
+        while True:
+            node, answered = await queue.get()
+            self._queued.discard(node.id)
+            try:
+                await self._welcome(node, answered)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one contact's trouble must not end hand-overs for good
+                log.exception("hand-over to %s failed", node)
+
+    async def _welcome(self, node: Node, answered: bool) -> None:
+        address = (node.id, node.ip, node.port)
+        now = time.monotonic()
+        handed_lately = (
+            self._recent_handovers.get(address, -math.inf) > now - HANDOVER_REPEAT_SECONDS
+        )
+        names, provider_keys, transfer_port = (
+            ([], [], None) if handed_lately else await self._handover_records(node)
+        )
+        if not answered or names or provider_keys:
+            # Proof of address and id before anything is sent or believed: a request's source
+            # can be forged, an answer to our ping cannot (its message id is random).
+            await acquire(self._handover_rate, 1)
+            if await self.protocol.ping_address((node.ip, node.port)) != node.id:
+                log.debug("%s did not answer a ping with its id: no hand-over", node)
+                return
+            if not answered:
+                self._note_contact_gained()
+        if not names and not provider_keys:
+            return
+        self._recent_handovers[address] = now
+        self._recent_handovers.move_to_end(address)
+        while len(self._recent_handovers) > MAX_RECENT_HANDOVERS:
+            self._recent_handovers.popitem(last=False)
+        sent = 0
+        for key, value in names:
+            await acquire(self._handover_rate, 1)
+            accepted = await self.protocol.offer_value(node, key, value)
+            if accepted is None:
+                return  # gone
+            sent += accepted
+        for key in provider_keys if transfer_port is not None else ():
+            await acquire(self._handover_rate, 1)
+            accepted = await self.protocol.offer_provider(node, key, transfer_port)
+            if accepted is None:
+                break  # gone, or a stock kademlia node: it ignores add_provider
+            sent += accepted
+        log.debug("handed %d records to %s", sent, node)
+
+    async def _handover_records(
+        self, node: Node
+    ) -> tuple[list[tuple[bytes, Any]], list[bytes], int | None]:
+        """What a contact that joins should be handed: (name values as (key, value), provider
+        keys, our transfer port). Our own names and provider keys where it is among the k
+        closest contacts we know; then values others stored here where it is, and we are
+        closer than any other contact (the stock kademlia rule). At most
+        HANDOVER_MAX_RECORDS in all, our own first."""
+        own = self.own_records() if self.own_records is not None else OwnRecords()
+        others = [
+            n.long_id
+            for bucket in self._server.protocol.router.buckets
+            for n in bucket.get_nodes()
+            if n.id != node.id
+        ]
+        ksize = self._server.ksize
+        me = self._server.node.long_id
+        budget = HANDOVER_MAX_RECORDS
+        names: dict[bytes, Any] = {}
+        provider_keys: list[bytes] = []
+
+        def among_closest(key: bytes) -> bool:
+            target = int.from_bytes(key, "big")
+            distance = node.long_id ^ target
+            closer = 0
+            for other in others:
+                if other ^ target < distance:
+                    closer += 1
+                    if closer >= ksize:
+                        return False
+            return True
+
+        def we_are_closest(key: bytes) -> bool:
+            target = int.from_bytes(key, "big")
+            return all(me ^ target < other ^ target for other in others)
+
+        own_keys = own.provider_keys if own.transfer_port is not None else ()
+        sources = [  # (provider keys?, entries, wanted)
+            (False, ((name_key(name), value) for name, value in own.names), among_closest),
+            (True, ((key, None) for key in own_keys), among_closest),
+            (False, list(self._server.storage), lambda k: among_closest(k) and we_are_closest(k)),
+        ]
+        examined = 0
+        for providing, entries, wanted in sources:
+            for key, value in entries:
+                if len(names) + len(provider_keys) >= budget:
+                    break
+                examined += 1
+                if examined % 256 == 0:
+                    await asyncio.sleep(0)  # a large store: let datagrams through
+                if not wanted(key):
+                    continue
+                if providing:
+                    provider_keys.append(key)
+                else:
+                    names.setdefault(key, value)
+        return list(names.items()), provider_keys, own.transfer_port
 
     async def _closest_nodes(self, key: bytes) -> list[Node]:
         target = Node(key)

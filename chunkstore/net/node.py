@@ -3,6 +3,11 @@
 One runs per home (`chunkstore serve`, or `chunkstore.Node` in a program). It writes
 `node.json` in the home so that commands on the same machine use it (its DHT, through the
 local API on 127.0.0.1) instead of starting a DHT node of their own.
+
+Announcing: the store's queue (complete files' manifests first, then chunks) and its names.
+An id leaves the queue only once a remote node accepted it; the rest is retried with backoff
+(RetryBackoff), at once when a contact joins. Meanwhile the node answers provider queries for
+what its store holds whole, and hands its records to contacts that join (dht.py).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -24,7 +30,7 @@ from chunkstore.errors import ChunkstoreError, InputError, NetworkError
 from chunkstore.local.output import as_output
 from chunkstore.local.store import KIND_MANIFEST, Store, pid_alive
 from chunkstore.net.addresses import parse_addresses
-from chunkstore.net.dht import Contact, DhtNode, dht_key, load_contacts
+from chunkstore.net.dht import Contact, DhtNode, OwnRecords, dht_key, load_contacts
 from chunkstore.net.download import Progress, fetch_file
 from chunkstore.net.lookup import DhtLookup
 from chunkstore.net.providers import Holder
@@ -43,6 +49,10 @@ ANNOUNCE_CONCURRENCY = 16
 REANNOUNCE_SECONDS = 6 * 3600.0
 SAVE_CONTACTS_SECONDS = 60.0
 IDLE_POLL_SECONDS = 0.25
+# An announcement no remote node accepted stays queued and is retried after a delay doubling
+# from the first to the second figure, and at once when the routing table gains a contact.
+RETRY_FIRST_SECONDS = 1.0
+RETRY_MAX_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,35 @@ class NodeInfo:
     def dht_address(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
         return f"{host}:{self.dht_port}"
+
+
+class RetryBackoff:
+    """When to retry announcements that no remote node accepted. Pure: time is passed in.
+
+    Callers may rely on: `due` until the first `refused`; after each `refused` with no
+    progress in between, not due for RETRY_FIRST_SECONDS, then twice that, and so on up to
+    RETRY_MAX_SECONDS; `progressed` (something was accepted) starts the delays over, and
+    `reset` (a new contact, a re-announce) also makes it due at once."""
+
+    def __init__(self, first: float = RETRY_FIRST_SECONDS, most: float = RETRY_MAX_SECONDS) -> None:
+        self.first = first
+        self.most = most
+        self.delay = first
+        self.retry_at = -math.inf
+
+    def due(self, now: float) -> bool:
+        return now >= self.retry_at
+
+    def refused(self, now: float) -> None:
+        self.retry_at = now + self.delay
+        self.delay = min(2 * self.delay, self.most)
+
+    def progressed(self) -> None:
+        self.delay = self.first
+
+    def reset(self) -> None:
+        self.delay = self.first
+        self.retry_at = -math.inf
 
 
 def _home_key(home: Path) -> Path:
@@ -112,13 +151,14 @@ class Node:
         self.requested_port = port
         self.bootstrap = parse_addresses(bootstrap)
         self.reannounce_seconds = reannounce_seconds
-        self.dht = DhtNode()
+        self.dht = DhtNode(local_holdings=self._held_here, own_records=self._own_records)
         self.transfer = TransferServer(
             self.store, upload_rate=upload_rate, max_concurrent=max_concurrent
         )
         self._api_runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task] = []
-        self._published: dict[str, bytes] = {}
+        self._published: dict[str, bytes] = {}  # names some remote node stored
+        self._tried: dict[str, bytes] = {}  # names sent out at least once
         self.info: NodeInfo | None = None
         self.loop: asyncio.AbstractEventLoop | None = None  # the loop it runs in
         self.announced = 0
@@ -166,6 +206,9 @@ class Node:
             raise InputError(f"a node (pid {pid}) already serves {self.home}")
         saved = load_contacts(self.home / CONTACTS_FILE)
         try:
+            # Before the DHT answers anything: a store made before the `complete` table (or
+            # a download stopped after its last chunk) learns which files it holds whole.
+            self.store.record_complete_manifests()
             await self.transfer.start(self.host, self.requested_port)
             joined = await self.dht.start(self.host, self.requested_port, self.bootstrap + saved)
             api_port = await self._start_api()
@@ -191,7 +234,7 @@ class Node:
         _running[_home_key(self.home)] = self
         self.loop = asyncio.get_running_loop()
         # Records made by an earlier run name its old transfer port and may have expired:
-        # announce everything again, as IPFS reprovides at start.
+        # announce everything held again, as IPFS reprovides at start.
         self.requeue_everything()
         self._tasks = [
             asyncio.create_task(self._announce_loop()),
@@ -277,53 +320,120 @@ class Node:
         return self.dht.known_peers()
 
     # -- announcing -------------------------------------------------------------------------
+    def _held_here(self, key: bytes) -> int | None:
+        """For the DHT: our transfer port if this home holds the object of `key` whole."""
+        port = self.transfer.port
+        if port is None:
+            return None
+        try:
+            return port if self.store.holds(key) else None
+        except Exception:  # a closed or failing store answers "not here", never drops the query
+            log.warning("cannot read the store to answer a provider query", exc_info=True)
+            return None
+
+    def _own_records(self) -> OwnRecords:
+        """For the DHT: what this node publishes, handed to contacts that join near it."""
+        return OwnRecords(
+            transfer_port=self.transfer.port,
+            provider_keys=[dht_key(mid) for mid in self.store.complete_manifests()],
+            names=[(name, mid.hex()) for name, mid in self.store.names()],
+        )
+
     async def announce_pending(self) -> int:
-        """Announce one batch of the store's announce queue; returns how many ids."""
+        """Announce one batch of the store's announce queue, and the names not yet stored by
+        any remote node; returns how many ids a remote node accepted. Those none accepted stay
+        queued (the background loop retries them with backoff); queued manifests whose file
+        is not complete here are dropped from the queue, never announced."""
+        accepted, _ = await self._announce_round(retry=True)
+        return accepted
+
+    async def _announce_round(self, retry: bool) -> tuple[int, int]:
+        """New or changed names; with `retry`, also one batch of the queue and the names no
+        remote node stored yet. Returns (ids accepted, ids and names nobody accepted)."""
+        refused = await self.publish_names(retry=retry)
+        if not retry:
+            return 0, refused
         items = self.store.pending_announces(ANNOUNCE_BATCH)
-        if items:
-            await self.dht.announce_many(
-                [dht_key(oid) for oid, _ in items],
-                self.transfer.port,
-                concurrency=ANNOUNCE_CONCURRENCY,
-            )
-            self.store.ack_announces(items)
-            self.announced += len(items)
-        await self.publish_names(any(kind == KIND_MANIFEST for _, kind in items))
-        return len(items)
+        # Queued by an older version, or made incomplete since: a manifest is announced only
+        # by a node holding the whole file (a get with enough manifest holders skips chunk
+        # lookups).
+        partial = [
+            (oid, kind)
+            for oid, kind in items
+            if kind == KIND_MANIFEST and not self.store.is_complete(oid)
+        ]
+        if partial:
+            self.store.ack_announces(partial)
+            items = [item for item in items if item not in partial]
+        if not items:
+            return 0, refused
+        accepted = await self.dht.announce_many(
+            [dht_key(oid) for oid, _ in items],
+            self.transfer.port,
+            concurrency=ANNOUNCE_CONCURRENCY,
+        )
+        done = [(oid, kind) for oid, kind in items if dht_key(oid) in accepted]
+        self.store.ack_announces(done)
+        self.announced += len(done)
+        return len(done), refused + len(items) - len(done)
 
     async def flush_announcements(self) -> int:
         """Announce everything queued now (manifests and names first) instead of waiting for
-        the background loop, e.g. right after adding files; returns how many ids went out."""
+        the background loop, e.g. right after adding files; returns how many ids went out.
+        Stops when a batch is accepted by no remote node (what is left stays queued)."""
         self._started()
         total = 0
         while count := await self.announce_pending():
             total += count
         return total
 
-    async def publish_names(self, force: bool = False) -> None:
-        """Publish the store's names on the DHT: those changed since the last time, or all."""
+    async def publish_names(self, force: bool = False, retry: bool = True) -> int:
+        """Publish the store's names on the DHT: those new or changed since they were last
+        sent, those no remote node stored yet (with `retry`), or all (with `force`). Returns
+        how many of those sent no remote node stored (they are kept locally and retried)."""
+        refused = 0
         for name, mid in self.store.names():
-            if force or self._published.get(name) != mid:
-                await self.dht.publish_name(name, mid.hex())
-                self._published[name] = mid
+            changed = self._tried.get(name) != mid
+            unpublished = self._published.get(name) != mid
+            if force or changed or (retry and unpublished):
+                self._tried[name] = mid
+                if await self.dht.publish_name(name, mid.hex()) > 0:
+                    self._published[name] = mid
+                else:
+                    refused += 1
+        return refused
 
     def requeue_everything(self) -> None:
-        """Put every held object back in the announce queue (records expire elsewhere)."""
-        self.store.queue_announce((mid for mid, _ in self.store.iter_manifests()), KIND_MANIFEST)
+        """Put every object held whole back in the announce queue (records expire elsewhere):
+        complete files' manifests, and every chunk (those of an interrupted download too)."""
+        self.store.queue_announce(self.store.complete_manifests(), KIND_MANIFEST)
         self.store.queue_announce(self.store.chunk_ids())
         self._published.clear()
+        self._tried.clear()
 
     async def _announce_loop(self) -> None:
         next_reannounce = time.monotonic() + self.reannounce_seconds
+        backoff = RetryBackoff()
+        gained = self.dht.contacts_gained
         while True:
             try:
-                if time.monotonic() >= next_reannounce:
+                now = time.monotonic()
+                if now >= next_reannounce:
                     self.requeue_everything()
-                    next_reannounce = time.monotonic() + self.reannounce_seconds
-                announced = await self.announce_pending()
+                    next_reannounce = now + self.reannounce_seconds
+                    backoff.reset()
+                if self.dht.contacts_gained != gained:
+                    gained = self.dht.contacts_gained
+                    backoff.reset()  # someone new to tell: retry at once
+                retrying = backoff.due(now)
+                accepted, refused = await self._announce_round(retry=retrying)
                 self._note_advertised_host()
-                if not announced:
-                    await asyncio.sleep(IDLE_POLL_SECONDS)
+                if retrying and refused and not accepted:
+                    backoff.refused(time.monotonic())
+                elif accepted:
+                    backoff.progressed()
+                    continue  # more may be queued
+                await self.dht.wait_for_new_contact(gained, IDLE_POLL_SECONDS)
             except asyncio.CancelledError:
                 raise
             except Exception:  # one bad round must not end announcing for good

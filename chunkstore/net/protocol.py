@@ -38,6 +38,11 @@ MAX_NAME_RECORDS = 100_000
 # A stored value must fit, with its key, in one request when we hand it on to another node
 # (rpcudp refuses requests over 8 KB); names only need 64 hex characters today.
 MAX_VALUE_BYTES = 4096
+# The host of a get_providers entry meaning "the answering node itself, at the address you
+# sent the question to": a node listening on every interface may not know its own address,
+# and the asker knows one that reaches it. Never a valid IP, so a peer that predates it
+# drops the entry (as any malformed one) and keeps the others.
+SELF_HOLDER_HOST = ""
 
 INVALID = object()
 
@@ -85,6 +90,29 @@ def parse_nodes(raw: object, limit: int) -> list[tuple[bytes, str, int]] | objec
     return nodes
 
 
+def parse_providers(raw: object, asked_ip: str, node_limit: int) -> tuple | object:
+    """(holders, node triples) from a get_providers answer given by the node at `asked_ip`,
+    dropping malformed entries and duplicates; INVALID if the answer is not one at all.
+
+    An entry whose host is SELF_HOLDER_HOST is the answering node itself: it becomes a holder
+    at `asked_ip`, the address we reach it at (never one it chose)."""
+    if not isinstance(raw, dict):
+        return INVALID
+    raw_holders = raw.get("providers")
+    nodes = parse_nodes(raw.get("nodes"), node_limit)
+    if not isinstance(raw_holders, list) or nodes is INVALID:
+        return INVALID
+    holders: dict[Holder, None] = {}
+    for item in raw_holders[:MAX_HOLDERS_PER_ANSWER]:
+        if isinstance(item, list) and len(item) == 2:
+            host, port = item
+            if host == SELF_HOLDER_HOST:
+                host = asked_ip
+            if is_ip(host) and is_port(port):
+                holders[Holder(host, port)] = None
+    return list(holders), [Node(*n) for n in nodes]
+
+
 class NameStorage(ForgetfulStorage):
     """The stock name-record storage with a cap on the number of records (oldest go first),
     so peers storing junk cannot grow our memory without bound."""
@@ -99,15 +127,26 @@ class NameStorage(ForgetfulStorage):
             self.data.popitem(last=False)
 
 
+# What a node holds itself: given a DHT key, its transfer port if its own store holds the
+# object whole (a chunk, or a manifest with every chunk), else None.
+LocalHoldings = Callable[[bytes], int | None]
+
+
 class ChunkstoreProtocol(KademliaProtocol):
     """Kademlia's protocol plus provider records, with hardened request handling.
 
     Stock RPCs (ping, store, find_node, find_value) keep their wire format. Added RPCs:
     - add_provider(nodeid, key, transfer_port) -> True: records the *sender's observed address*
       with `transfer_port` as a holder of `key`;
-    - get_providers(nodeid, key) -> {"providers": [[host, port], ...], "nodes": [[id, ip, port]]}.
+    - get_providers(nodeid, key) -> {"providers": [[host, port], ...], "nodes": [[id, ip, port]]}:
+      the records stored here, led by ["", transfer_port] (SELF_HOLDER_HOST) when this node's
+      own store holds the object whole; the asker reads "" as the address it asked.
     A request with malformed arguments is dropped unanswered; a datagram that does not decode
     is dropped; neither ever raises into the event loop.
+
+    A contact entering the routing table is reported to `on_new_contact` instead of being sent
+    every stored value at once (the stock `welcome_if_new`): whoever owns the protocol hands
+    records over, bounded and to contacts that proved their address.
     """
 
     def __init__(
@@ -117,12 +156,19 @@ class ChunkstoreProtocol(KademliaProtocol):
         ksize: int,
         providers: ProviderStore | None = None,
         wait_timeout: float = DEFAULT_RPC_TIMEOUT,
+        local_holdings: LocalHoldings | None = None,
     ) -> None:
         super().__init__(source_node, storage, ksize)
         # KademliaProtocol calls RPCProtocol.__init__() without arguments, i.e. with rpcudp's
         # 5 s default; run it again with ours (nothing is connected or pending yet).
         RPCProtocol.__init__(self, wait_timeout=wait_timeout)
         self.providers = providers if providers is not None else ProviderStore()
+        # key -> this node's transfer port when its own store holds that object whole
+        self.local_holdings = local_holdings
+        # Told of every contact that enters the routing table, and whether it got there by
+        # answering one of our requests (True) or by sending us one (False: its source
+        # address may be spoofed). Must not block: it runs while a datagram is handled.
+        self.on_new_contact: Callable[[Node, bool], None] | None = None
         self._quarantine: dict[tuple[str, int], float] = {}
 
     # --- incoming datagrams -------------------------------------------------------------
@@ -192,12 +238,37 @@ class ChunkstoreProtocol(KademliaProtocol):
     def rpc_get_providers(self, sender: tuple, nodeid: bytes, key: bytes) -> dict:
         source = self._check_request(sender, nodeid, key)
         self.welcome_if_new(source)
-        holders = self.providers.get(key, time.monotonic())[:MAX_HOLDERS_PER_ANSWER]
+        entries = []
+        own_port = self.local_holdings(key) if self.local_holdings is not None else None
+        if own_port is not None:
+            entries.append([SELF_HOLDER_HOST, own_port])
+        # Our own record may follow the marker (a node that knows its address records
+        # itself): the asker merges the two.
+        holders = self.providers.get(key, time.monotonic())
+        entries += [[h.host, h.port] for h in holders[: MAX_HOLDERS_PER_ANSWER - len(entries)]]
         neighbors = self.router.find_neighbors(Node(key), exclude=source)
-        return {
-            "providers": [[h.host, h.port] for h in holders],
-            "nodes": [list(n) for n in neighbors],
-        }
+        return {"providers": entries, "nodes": [list(n) for n in neighbors]}
+
+    # --- the routing table ----------------------------------------------------------------
+
+    def welcome_if_new(self, node: Node) -> None:
+        """Add a contact that sent us a request to the routing table (as stock kademlia does),
+        then report it; unlike stock, send it nothing here."""
+        self._welcome(node, answered=False)
+
+    def handle_call_response(self, result: tuple[bool, Any], node: Node) -> tuple[bool, Any]:
+        if not result[0]:
+            return super().handle_call_response(result, node)  # drops it from the table
+        self._welcome(node, answered=True)
+        return result
+
+    def _welcome(self, node: Node, answered: bool) -> None:
+        if not self.router.is_new_node(node):
+            return
+        self.router.add_contact(node)
+        # A full bucket keeps the newcomer aside as a replacement: only a real entry counts.
+        if self.on_new_contact is not None and not self.router.is_new_node(node):
+            self.on_new_contact(node, answered)
 
     # --- outgoing requests --------------------------------------------------------------
 
@@ -248,21 +319,6 @@ class ChunkstoreProtocol(KademliaProtocol):
             return {"value": value} if is_dht_value(value) else INVALID
         return self._parse_node_list(answer)
 
-    def _parse_providers(self, answer: Any) -> Any:
-        if not isinstance(answer, dict):
-            return INVALID
-        raw_holders = answer.get("providers")
-        nodes = self._parse_node_list(answer.get("nodes"))
-        if not isinstance(raw_holders, list) or nodes is INVALID:
-            return INVALID
-        holders = []
-        for item in raw_holders[:MAX_HOLDERS_PER_ANSWER]:
-            if isinstance(item, list) and len(item) == 2:
-                host, port = item
-                if is_ip(host) and is_port(port):
-                    holders.append(Holder(host, port))
-        return holders, [Node(*n) for n in nodes]
-
     async def call_ping(self, node_to_ask: Node) -> tuple[bool, Any]:
         return await self._call(node_to_ask, "ping", (), lambda a: a if is_key(a) else INVALID)
 
@@ -286,10 +342,31 @@ class ChunkstoreProtocol(KademliaProtocol):
         )
 
     async def call_get_providers(self, node_to_ask: Node, node_to_find: Node) -> tuple[bool, Any]:
-        """(True, (holders, closer nodes)) from `node_to_ask`, or (False, None)."""
+        """(True, (holders, closer nodes)) from `node_to_ask`, or (False, None). A holder
+        `node_to_ask` names as itself is given at the address it was asked at."""
         return await self._call(
-            node_to_ask, "get_providers", (node_to_find.id,), self._parse_providers
+            node_to_ask,
+            "get_providers",
+            (node_to_find.id,),
+            lambda answer: parse_providers(answer, node_to_ask.ip, self.router.ksize),
         )
+
+    async def offer_provider(self, node: Node, key: bytes, transfer_port: int) -> bool | None:
+        """Hand `node` our holder record of `key` (add_provider) without touching the routing
+        table: True if it accepted, False if it refused, None if it did not answer (gone, or
+        a stock kademlia node, which ignores add_provider)."""
+        ok, answer = await self._request(
+            (node.ip, node.port), "add_provider", self.source_node.id, key, transfer_port
+        )
+        return (answer is True) if ok else None
+
+    async def offer_value(self, node: Node, key: bytes, value: Any) -> bool | None:
+        """Hand `node` a stored value (stock STORE) without touching the routing table; as
+        `offer_provider`."""
+        ok, answer = await self._request(
+            (node.ip, node.port), "store", self.source_node.id, key, value
+        )
+        return (answer is True) if ok else None
 
     async def ping_address(self, address: tuple[str, int]) -> bytes | None:
         """The node id of whoever answers a ping at `address`, or None."""
