@@ -53,6 +53,7 @@ from chunkstore.local.restore import restore
 from chunkstore.local.store import Store
 from chunkstore.local.verify import verify_store
 from chunkstore.net.addresses import parse_addresses
+from chunkstore.net.node_file import running_node
 from chunkstore.objects.chunking import FASTCDC, FIXED, ChunkerParams
 from chunkstore.objects.codec import DEFAULT_LEVEL
 from chunkstore.objects.link import Link, LinkAddress, looks_like_link
@@ -155,9 +156,6 @@ def link_note(*, home: Home = None) -> str:
 
 def _share_addresses(home: Path) -> tuple[tuple[LinkAddress, ...], str]:
     """The address links made on `home` carry (its node's, as peers reach it), and a note."""
-    # Lazy: reading node.json through chunkstore.net.node loads aiohttp (~0.15 s).
-    from chunkstore.net.node import running_node
-
     info = running_node(home)
     if info is None:
         return (), (

@@ -55,33 +55,35 @@ def test_importing_and_getting_locally_loads_no_network_code(tmp_path: Path) -> 
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
     home = tmp_path / "home"
-    chunkstore.add(write_file(tmp_path / "f", MIB, seed=1), home=home)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-X",
-            "importtime",
-            "-m",
-            "chunkstore_cli",
-            "get",
-            "f",
-            "-o",
-            str(tmp_path / "out"),
-            "--home",
-            str(home),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-    imported = {
-        line.rsplit("|", 1)[-1].strip()
-        for line in proc.stderr.splitlines()
-        if line.startswith("import time:")
+    src = write_file(tmp_path / "f", MIB, seed=1)
+    commands = {
+        "chunkstore.local.add": ["add", str(src)],  # reads node.json for the share link too
+        "chunkstore.local.restore": ["get", "f", "-o", str(tmp_path / "out")],
     }
-    assert "chunkstore.local.restore" in imported  # the log is what it claims to be
-    assert not {m for m in imported if m.split(".")[0] in ("aiohttp", "kademlia")}
+    for module, args in commands.items():
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-X",
+                "importtime",
+                "-m",
+                "chunkstore_cli",
+                *args,
+                "--home",
+                str(home),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+        imported = {
+            line.rsplit("|", 1)[-1].strip()
+            for line in proc.stderr.splitlines()
+            if line.startswith("import time:")
+        }
+        assert module in imported  # the log is what it claims to be
+        assert not {m for m in imported if m.split(".")[0] in ("aiohttp", "kademlia")}, args
 
 
 def test_every_call_takes_str_paths_and_home_forms(

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chunkstore.errors import ChunkstoreError
-from chunkstore.net.node import NodeInfo, running_node
+from chunkstore.net.node_file import NodeInfo, running_node
 
 START_TIMEOUT = 20.0
 

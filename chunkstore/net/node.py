@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import math
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import BinaryIO
 
@@ -28,11 +27,12 @@ from aiohttp import web
 
 from chunkstore.errors import ChunkstoreError, InputError, NetworkError
 from chunkstore.local.output import as_output
-from chunkstore.local.store import KIND_MANIFEST, Store, pid_alive
+from chunkstore.local.store import KIND_MANIFEST, Store
 from chunkstore.net.addresses import parse_addresses
 from chunkstore.net.dht import Contact, DhtNode, OwnRecords, dht_key, load_contacts
 from chunkstore.net.download import Progress, fetch_file
 from chunkstore.net.lookup import DhtLookup
+from chunkstore.net.node_file import NODE_FILE, NodeInfo, running_node, write_node_file
 from chunkstore.net.providers import Holder
 from chunkstore.net.transfer_client import TransferClient
 from chunkstore.net.transfer_server import TransferServer
@@ -41,7 +41,6 @@ from chunkstore.results import GetResult
 
 log = logging.getLogger(__name__)
 
-NODE_FILE = "node.json"
 CONTACTS_FILE = "contacts.json"
 ANNOUNCE_BATCH = 256
 ANNOUNCE_CONCURRENCY = 16
@@ -53,24 +52,6 @@ IDLE_POLL_SECONDS = 0.25
 # from the first to the second figure, and at once when the routing table gains a contact.
 RETRY_FIRST_SECONDS = 1.0
 RETRY_MAX_SECONDS = 60.0
-
-
-@dataclass(frozen=True)
-class NodeInfo:
-    """What `node.json` says about a running node."""
-
-    pid: int
-    host: str
-    dht_port: int
-    transfer_port: int
-    api_url: str
-    # The IP peers reach this node at: `host` unless it is a wildcard, else the address a peer
-    # observed ("" until one did). Rewritten in node.json when it is learnt.
-    advertised_host: str = ""
-
-    def dht_address(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-        return f"{host}:{self.dht_port}"
 
 
 class RetryBackoff:
@@ -108,16 +89,6 @@ def _home_key(home: Path) -> Path:
 
 # The nodes running in this process, by home: a fetch on the same home goes through its DHT.
 _running: dict[Path, Node] = {}
-
-
-def running_node(home: Path) -> NodeInfo | None:
-    """The node serving `home`, if one runs (a stale node.json is ignored)."""
-    try:
-        data = json.loads((home / NODE_FILE).read_text())
-        info = NodeInfo(**data)
-    except (OSError, ValueError, TypeError):
-        return None
-    return info if pid_alive(info.pid) else None
 
 
 class Node:
@@ -265,9 +236,7 @@ class Node:
             self.store.close()
 
     def _write_node_file(self) -> None:
-        tmp = self.home / (NODE_FILE + ".tmp")
-        tmp.write_text(json.dumps(asdict(self.info)))
-        os.replace(tmp, self.home / NODE_FILE)
+        write_node_file(self.home, self.info)
 
     def _note_advertised_host(self) -> None:
         """Record in node.json the address peers observed, once the DHT has learnt it."""
