@@ -9,7 +9,12 @@ nginx-light with apt-get if they are missing; --netns needs root):
 Starts H holder nodes on 127.0.0.1 (each capped at --rate), fetches one generated file on a
 fresh node with 1, 2, 4 and 8 holders, and does the same with aria2c from H nginx mirrors
 capped at the same rate; then uncapped, and the local `get` as the ceiling. Prints the tables
-and writes swarm.json, swarm.md and swarm.png (swarm-netns.* with --netns) to --out.
+(throughput, time to first byte, the phases of each get) and writes swarm.json, swarm.md and
+swarm.png (swarm-netns.* with --netns) to --out.
+
+`--first-byte` is the short check of a get's fixed cost (about a minute): a 64 MiB file
+from 1 and 4 holders capped at 8 MB/s each, target 4 holders >= 3.5x one, with the phases;
+it writes swarm-first-byte.*.
 The logic is the package benchmarks/swarm_bench; this is only the command line.
 Exit codes: 0 done (missed targets are reported, not failures) or netns skipped; 1 a download
 failed or wrote wrong bytes; 130 interrupted.
@@ -28,7 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RANDOM, parse_rate, parse_size, stop_on_signals
 from benchmarks.swarm_bench.errors import BenchError, BenchUnavailable
-from benchmarks.swarm_bench.models import CONTENTS, BenchConfig
+from benchmarks.swarm_bench.models import (
+    CONTENTS,
+    FIRST_BYTE,
+    FIRST_BYTE_GOAL,
+    VIA_BOOTSTRAP,
+    VIA_NODE,
+    BenchConfig,
+)
 from benchmarks.swarm_bench.report import render_markdown, write_outputs
 from benchmarks.swarm_bench.runner import run_bench
 from benchmarks.swarm_bench.tools import install_tools, missing_tools
@@ -71,20 +83,25 @@ def rate(text: str) -> float:
     return value
 
 
+# Defaults of the full run, and of --first-byte (issue 8: a 64 MiB file from 1 and 4 holders
+# capped at 8 MB/s each, 4 holders to reach 3.5x one; chunkstore only).
+DEFAULTS = {"size": "512MiB", "holders": "1,2,4,8", "rate": "25MB", "uncapped_holders": "1,3"}
+FIRST_BYTE_DEFAULTS = {"size": "64MiB", "holders": "1,4", "rate": "8MB", "uncapped_holders": ""}
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", type=size, default="512MiB", help="file size (512MiB)")
     p.add_argument(
-        "--holders",
-        type=counts,
-        default="1,2,4,8",
-        help="holder counts of the capped sweep (1,2,4,8)",
+        "--first-byte",
+        action="store_true",
+        help="the fixed-cost check: 64MiB, holders 1,4 at 8MB, no uncapped runs, no aria2c, "
+        "no local get; target 4 holders >= 3.5x one, with the phases of each get "
+        "(options given explicitly still apply); writes swarm-first-byte.*",
     )
+    p.add_argument("--size", type=size, help="file size (512MiB)")
+    p.add_argument("--holders", type=counts, help="holder counts of the capped sweep (1,2,4,8)")
     p.add_argument(
-        "--rate",
-        type=rate,
-        default="25MB",
-        help="cap per holder and per mirror, bytes/s (25MB = 25*10^6 B/s)",
+        "--rate", type=rate, help="cap per holder and per mirror, bytes/s (25MB = 25*10^6 B/s)"
     )
     p.add_argument("--repeat", type=int, default=3, help="repetitions of each point (3)")
     p.add_argument(
@@ -96,10 +113,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--incompressible", action="store_true", help="same as --content random")
     p.add_argument(
-        "--uncapped-holders",
-        type=counts,
-        default="1,3",
-        help="holder counts of the uncapped runs, or none (1,3)",
+        "--uncapped-holders", type=counts, help="holder counts of the uncapped runs, or none (1,3)"
+    )
+    p.add_argument(
+        "--via",
+        choices=[VIA_NODE, VIA_BOOTSTRAP],
+        default=VIA_NODE,
+        help="how a chunkstore get reaches the DHT: a node serving its home (node, default) "
+        "or, as a fresh machine, --bootstrap to a holder from an empty home (bootstrap)",
+    )
+    p.add_argument(
+        "--departed",
+        type=int,
+        default=0,
+        help="nodes that join the swarm and are killed before each get (0): the contacts "
+        "getters that came and went leave behind",
     )
     p.add_argument("--no-aria2c", action="store_true", help="skip the aria2c comparison")
     p.add_argument("--no-local", action="store_true", help="skip the local-get ceiling")
@@ -123,10 +151,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="make the temporary directory inside DIR (default: system temp)",
     )
     args = p.parse_args(argv)
+    defaults = FIRST_BYTE_DEFAULTS if args.first_byte else DEFAULTS
+    parse = {"size": size, "holders": counts, "rate": rate, "uncapped_holders": counts}
+    for key, text in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, parse[key](text))
+    if args.first_byte:
+        args.no_aria2c = args.no_local = True
     if args.repeat < 1:
         p.error("--repeat must be at least 1")
     if not args.holders:
         p.error("--holders needs at least one count")
+    if args.departed < 0:
+        p.error("--departed must be at least 0")
     return args
 
 
@@ -153,6 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             local_get=not args.no_local,
             netns=args.netns,
             workdir=args.workdir,
+            via=args.via,
+            departed=args.departed,
+            **({"ratio_goal": FIRST_BYTE_GOAL, "preset": FIRST_BYTE} if args.first_byte else {}),
         )
         missing = missing_tools(config)
         if missing and not args.no_install:

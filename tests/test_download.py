@@ -10,20 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import socket
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 
 import chunkstore
-from chunkstore.errors import MissingChunks
+import chunkstore.net.download as download
+import chunkstore.net.lookup as lookup_module
+from chunkstore.errors import BootstrapFailed, MissingChunks
 from chunkstore.local.add import add_file
 from chunkstore.local.store import Store
 from chunkstore.local.verify import verify_store
+from chunkstore.net.dht import DhtNode, dht_key
 from chunkstore.net.download import fetch_file
+from chunkstore.net.lookup import first_providers, open_lookup
 from chunkstore.net.providers import Holder
 from chunkstore.net.transfer_client import TransferClient
 from chunkstore.net.transfer_server import TransferServer
@@ -56,8 +62,40 @@ class FakeLookup:
         return list(self.holders)
 
 
+class TwoStepLookup(FakeLookup):
+    """A FakeLookup that also answers early (`find_first_providers`) with `first`, while its
+    full `find_providers` answers `holders` only once `ready()` is true (polled): a DHT
+    whose full lookup of the manifest's holders is slow."""
+
+    def __init__(
+        self, first: list[Holder], holders: list[Holder], ready: Callable[[], bool]
+    ) -> None:
+        super().__init__(holders)
+        self.first = list(first)
+        self.ready = ready
+        self.answered_in_full: list[bytes] = []  # ids whose full lookup answered
+
+    async def find_first_providers(self, object_id: bytes, enough: int) -> list[Holder]:
+        self.asked.append(object_id)
+        return self.first[:enough]
+
+    async def find_providers(self, object_id: bytes) -> list[Holder]:
+        await wait_until_async(self.ready, "the test's condition for the full lookup")
+        self.answered_in_full.append(object_id)
+        return await super().find_providers(object_id)
+
+
 def run(main) -> None:
     asyncio.run(main())
+
+
+def assert_phases_in_order(result) -> None:
+    """Every phase ended no later than the next one, the first byte within the get."""
+    values = list(result.phases.values())
+    assert values == sorted(values), result.phases
+    assert values[0] >= 0 and result.phases["done"] == result.seconds
+    assert result.first_byte_seconds is not None
+    assert result.first_byte_seconds == result.phases["first_chunk"] <= result.seconds
 
 
 def closed_port() -> int:
@@ -139,6 +177,32 @@ async def busy_for_ever() -> AsyncIterator[tuple[int, list[str]]]:
         yield runner.addresses[0][1], asked
     finally:
         await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def silent_holder(
+    snapshot: Callable[[], int],
+) -> AsyncIterator[tuple[int, list[int | None]]]:
+    """A TCP listener that accepts and never answers: (its port, one entry per connection,
+    in the order accepted: None while it is open, then `snapshot()` taken when the peer
+    closed it)."""
+    connections: list[int | None] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        index = len(connections)
+        connections.append(None)
+        with contextlib.suppress(ConnectionError):
+            await reader.read()  # until the client gives up and closes
+        connections[index] = snapshot()
+        writer.close()
+
+    server = await asyncio.start_server(handle, HOST, 0)
+    try:
+        yield server.sockets[0].getsockname()[1], connections
+    finally:
+        server.close()
+        with contextlib.suppress(Exception):
+            await server.wait_closed()
 
 
 def test_a_file_from_two_holders_is_identical_and_both_deliver(src, make_store, tmp_path):
@@ -365,3 +429,189 @@ def test_a_peer_busy_for_ever_ends_in_missing_chunks(src, make_store, tmp_path):
     assert fetcher.missing_chunks(r.chunk_id for r in manifest.chunks) == {
         r.chunk_id for r in manifest.chunks
     }
+
+
+def test_the_manifest_comes_from_a_live_holder_while_the_first_listed_stays_silent(
+    src, make_store, tmp_path
+):
+    live_store, fetcher = make_store("live"), make_store("fetcher", with_file=False)
+    mid = manifest_of(live_store).id.hex()
+    out = tmp_path / "out.bin"
+
+    async def main() -> None:
+        async with serving(live_store) as (live,), TransferClient() as client:
+            async with silent_holder(lambda: live.requests_served) as (port, connections):
+                lookup = FakeLookup([Holder(HOST, port), holder_of(live)])
+                result = await fetch_file(fetcher, lookup, client, mid, out)
+                assert result.sources == {address(live): SIZE}
+                await wait_until_async(
+                    lambda: connections and connections[0] is not None,
+                    "the silent holder's first connection to close",
+                )
+            # The silent holder was asked first (its connection is the manifest request: no
+            # chunk is asked for before the manifest), and the live holder had served when
+            # that request was given up: it did not wait for the silent one to time out.
+            assert connections[0] >= 1
+            assert live.requests_served >= SIZE // CHUNK + 1
+
+    run(main)
+    assert out.read_bytes() == src.read_bytes()
+
+
+def test_phases_and_first_byte_are_filled_and_in_order(src, make_store, tmp_path):
+    holder, fetcher = make_store("holder"), make_store("fetcher", with_file=False)
+    mid = manifest_of(holder).id.hex()
+
+    async def main() -> None:
+        async with serving(holder) as (server,), TransferClient() as client:
+            lookup = FakeLookup([holder_of(server)], names={NAME: mid})
+            result = await fetch_file(fetcher, lookup, client, NAME, tmp_path / "out.bin")
+            assert_phases_in_order(result)
+            for phase in ("join", "name", "manifest_holders", "manifest", "first_chunk"):
+                assert phase in result.phases
+            # one holder of the manifest: the holders of each chunk were looked up too
+            assert "chunk_holders" in result.phases
+            assert list(result.phases)[-2:] == ["last_chunk", "done"]
+
+            # Times count from the caller's start when it gives one (e.g. before it joined
+            # the DHT): here 5 s before the call.
+            again = make_store("again", with_file=False)
+            started = time.monotonic() - 5.0
+            later = await fetch_file(again, lookup, client, NAME, None, started=started)
+            assert_phases_in_order(later)
+            assert later.phases["join"] >= 5.0 and later.first_byte_seconds >= 5.0
+
+    run(main)
+
+
+def test_chunks_flow_from_the_first_holders_while_the_full_lookup_goes_on(
+    src, make_store, tmp_path, monkeypatch
+):
+    first, second = make_store("first"), make_store("second")
+    fetcher = make_store("fetcher", with_file=False)
+    mid = manifest_of(first).id.hex()
+    out = tmp_path / "out.bin"
+    monkeypatch.setattr(download, "FIRST_HOLDERS", 1)
+
+    async def main() -> None:
+        # Capped, so the download outlasts the moment the second holder is found.
+        async with (
+            serving(first, second, upload_rate=2 * MIB) as (a, b),
+            TransferClient() as client,
+        ):
+            # The full lookup answers only once the first holder has served the manifest and
+            # two chunks: data flowed before it ended, and the holder it adds joins at once.
+            lookup = TwoStepLookup(
+                [holder_of(a)], [holder_of(a), holder_of(b)], lambda: a.requests_served >= 3
+            )
+            result = await fetch_file(fetcher, lookup, client, mid, out)
+            assert lookup.answered_in_full.count(bytes.fromhex(mid)) == 1
+            assert set(result.sources) == {address(a), address(b)}
+            assert result.sources[address(b)] > 0
+            assert sum(result.sources.values()) == SIZE
+            assert_phases_in_order(result)
+            assert result.phases["first_chunk"] <= result.phases["manifest_holders_all"]
+
+    run(main)
+    assert out.read_bytes() == src.read_bytes()
+
+
+def test_a_holder_found_later_serves_the_manifest_when_the_first_is_silent(
+    src, make_store, tmp_path, monkeypatch
+):
+    live_store, fetcher = make_store("live"), make_store("fetcher", with_file=False)
+    mid = manifest_of(live_store).id.hex()
+    monkeypatch.setattr(download, "FIRST_HOLDERS", 1)
+
+    async def main() -> None:
+        async with serving(live_store) as (live,), TransferClient() as client:
+            async with silent_holder(lambda: live.requests_served) as (port, connections):
+                silent = Holder(HOST, port)
+                # The early answer is the silent holder alone; the full lookup adds the live
+                # one once the silent holder holds the manifest request.
+                lookup = TwoStepLookup(
+                    [silent], [silent, holder_of(live)], lambda: bool(connections)
+                )
+                result = await fetch_file(fetcher, lookup, client, mid, None)
+                assert result.sources == {address(live): SIZE}
+                await wait_until_async(
+                    lambda: connections[0] is not None, "the manifest request to be given up"
+                )
+            assert connections[0] >= 1  # the live holder served while it was still open
+
+    run(main)
+
+
+def test_first_providers_answers_early_only_when_the_lookup_can():
+    holders = [Holder(HOST, 1000 + i) for i in range(6)]
+    oid = b"\x01" * 32
+
+    async def main() -> None:
+        plain = FakeLookup(holders)
+        assert await first_providers(plain, oid, 2) == (holders, True)  # all it knows
+        two_step = TwoStepLookup(holders, holders, lambda: True)
+        assert await first_providers(two_step, oid, 2) == (holders[:2], False)  # maybe more
+        assert await first_providers(two_step, oid, 8) == (holders, True)  # fewer: all
+        assert two_step.answered_in_full == []
+
+    run(main)
+
+
+@pytest.fixture
+def patient_dht(monkeypatch):
+    """Short-lived DHT nodes of `open_lookup` wait 30 s for an RPC answer (instead of 1 s), so
+    a contact that never answers holds a join up for longer than any test runs; the ends of
+    their joins are recorded, one entry per bootstrap address."""
+    ended: list[tuple[str, int]] = []
+    join = DhtNode.bootstrap
+
+    async def bootstrap(self, addrs):
+        try:
+            return await join(self, addrs)
+        finally:
+            ended.extend(addrs)
+
+    monkeypatch.setattr(DhtNode, "bootstrap", bootstrap)
+    patient = functools.partial(DhtNode, rpc_timeout=30.0, lookup_timeout=60.0)
+    monkeypatch.setattr(lookup_module, "DhtNode", patient)
+    return ended
+
+
+def test_a_short_lived_lookup_is_used_before_a_silent_bootstrap_contact_answers(
+    tmp_path, patient_dht
+):
+    mid = "ab" * 32
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind((HOST, 0))
+        dead = (HOST, silent.getsockname()[1])
+
+        async def main() -> None:
+            live = DhtNode()
+            await live.start(HOST, 0)
+            try:
+                await live.publish_name(NAME, mid)
+                await live.announce(dht_key(bytes.fromhex(mid)), 4242)
+                alive = (HOST, live.port)
+                async with open_lookup(tmp_path / "no-node", [dead, alive]) as lookup:
+                    assert await lookup.resolve_name(NAME) == mid
+                    assert Holder(HOST, 4242) in await lookup.find_providers(bytes.fromhex(mid))
+                    # answered while the join through the silent contact still waits
+                    assert dead not in patient_dht
+                silent.setblocking(False)
+                assert silent.recv(4096)  # it was asked (a ping), and never answered
+            finally:
+                await live.stop()
+
+        run(main)
+
+
+def test_a_short_lived_lookup_with_no_answering_contact_fails(tmp_path, monkeypatch):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind((HOST, 0))
+
+        async def main() -> None:
+            with pytest.raises(BootstrapFailed):
+                async with open_lookup(tmp_path / "no-node", [(HOST, silent.getsockname()[1])]):
+                    pass
+
+        run(main)

@@ -473,17 +473,45 @@ def test_endgame_duplicates_oldest_and_cancels_the_loser() -> None:
     assert [r.index for r in first] == [0, 1]
     s.add_peer_for_all(B)
     second = s.next_requests(1.0)
-    # B starts the last new chunk, then duplicates the oldest request in flight.
-    assert [(r.index, r.peer) for r in second] == [(2, B), (0, B)]
-    cancelled = s.on_success(second[1], 2.0)
+    # B starts the last new chunk; no duplicate while it has a request of its own in flight.
+    assert [(r.index, r.peer) for r in second] == [(2, B)]
+    assert s.on_success(second[0], 1.5) == []
+    # Idle now, B duplicates the oldest request in flight: one, though its window has two.
+    third = s.next_requests(1.5)
+    assert [(r.index, r.peer) for r in third] == [(0, B)]
+    cancelled = s.on_success(third[0], 2.0)
     assert cancelled == [first[0]]
     # The loser's late answers change nothing.
     assert s.on_success(first[0], 2.5) == []
     s.on_failure(first[0], 2.5, FailureKind.ERROR)
     stats = s.peer_stats()
     assert stats[A].chunks_delivered == 0 and stats[A].failures == 0
-    assert stats[B].chunks_delivered == 1
-    assert s.remaining == 2
+    assert stats[B].chunks_delivered == 2
+    assert s.remaining == 1
+
+
+def test_only_an_idle_peer_duplicates_and_one_request_at_a_time() -> None:
+    # A peer's requests share its bandwidth: a duplicate beside its own unfinished request
+    # would slow that one down. So a peer with work in flight never duplicates, and an idle
+    # peer takes one duplicate, the next only when that one has ended.
+    s = DownloadScheduler([100] * 6, window_min=4, window_max=4)
+    s.add_peer_for_all(A)
+    s.add_peer_for_all(B)
+    first = s.next_requests(0.0)
+    on_a = [r for r in first if r.peer == A]
+    on_b = [r for r in first if r.peer == B]
+    assert len(on_a) == 4 and len(on_b) == 2  # every chunk in flight; B has window to spare
+    for req in on_b[:-1]:
+        s.on_success(req, 1.0)
+    assert s.next_requests(1.0) == []  # B still has a request of its own in flight
+    s.on_success(on_b[-1], 1.1)
+    [dup] = s.next_requests(1.1)
+    assert dup.peer == B and dup.index == on_a[0].index  # the oldest of A's
+    assert s.next_requests(1.2) == []  # one at a time
+    s.on_failure(dup, 1.3, FailureKind.ERROR)
+    [dup2] = s.next_requests(1.3)
+    # not the chunk that just failed on B while another holder has it in flight
+    assert dup2.peer == B and dup2.index == on_a[1].index
 
 
 def test_at_most_endgame_copies_per_chunk() -> None:

@@ -17,8 +17,19 @@ from pathlib import Path
 import psutil
 import pytest
 
+from benchmarks import swarm as swarm_cli
 from benchmarks.swarm_bench.errors import BenchUnavailable
-from benchmarks.swarm_bench.models import ARIA2C, CHUNKSTORE, LOCAL, MIXED, RANDOM, BenchConfig
+from benchmarks.swarm_bench.models import (
+    ARIA2C,
+    CHUNKSTORE,
+    FIRST_BYTE,
+    FIRST_BYTE_GOAL,
+    LOCAL,
+    MIXED,
+    RANDOM,
+    VIA_BOOTSTRAP,
+    BenchConfig,
+)
 from benchmarks.swarm_bench.report import render_markdown, write_outputs
 from benchmarks.swarm_bench.runner import run_bench
 from benchmarks.swarm_bench.tools import have_aria2c
@@ -64,12 +75,25 @@ def test_tiny_loopback_run_is_complete_and_byte_identical(tmp_path: Path) -> Non
     assert list(tmp_path.iterdir()) == []  # the run's temporary directory is gone
     assert children() <= before  # every node, nginx and aria2c it started has exited
 
+    # Time to first byte and the phases of every chunkstore get, from its `get --json`
+    gets = [m for m in result.measurements if m.tool == CHUNKSTORE]
+    for m in gets:
+        assert m.first_byte_s is not None and 0 <= m.first_byte_s <= m.inner_s
+        assert {"name", "manifest", "first_chunk", "done"} <= set(m.phases)
+
     markdown = render_markdown(result)
     assert "| 2 | 40 |" in markdown
+    assert "first byte s (mixed)" in markdown  # a column of the capped and uncapped tables
+    assert "**Phases of `chunkstore get`**" in markdown
     plot = importlib.util.find_spec("matplotlib") is not None
     paths = write_outputs(result, tmp_path / "out", plot=plot)
     data = json.loads(paths["json"].read_text())
     assert len(data["measurements"]) == len(expected)
+    for m in data["measurements"]:
+        assert "first_byte_s" in m and "phases" in m
+        if m["tool"] == CHUNKSTORE:
+            assert m["first_byte_s"] is not None
+    assert all("first_byte_s" in p for p in data["points"])
     if plot:
         assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -103,4 +127,46 @@ def test_tiny_netns_run_cleans_up_its_namespaces(tmp_path: Path) -> None:
         if m.tool == CHUNKSTORE:
             assert all(a.startswith("10.213.0.") for a in m.sources), m.sources
     assert list(tmp_path.iterdir()) == []
+    assert children() <= before
+
+
+def test_first_byte_preset_via_bootstrap_with_departed_nodes(tmp_path: Path) -> None:
+    # The --first-byte check as a fresh machine runs it (`get --bootstrap`, no node), in a
+    # swarm that keeps the contact of a node that left; tiny, so it only shows it works.
+    before = children()
+    args = swarm_cli.parse_args(
+        ["--first-byte", "--size", "2MiB", "--holders", "1,4", "--repeat", "1"]
+        + ["--content", "random", "--via", "bootstrap", "--departed", "1"]
+    )
+    assert (args.rate, args.uncapped_holders, args.no_aria2c, args.no_local) == (
+        8e6,
+        (),
+        True,
+        True,
+    )
+    config = BenchConfig(
+        size=args.size,
+        holders=args.holders,
+        rate=args.rate,
+        repeat=1,
+        contents=(RANDOM,),
+        uncapped_holders=args.uncapped_holders,
+        aria2c=False,
+        local_get=False,
+        workdir=tmp_path,
+        via=VIA_BOOTSTRAP,
+        departed=1,
+        ratio_goal=FIRST_BYTE_GOAL,
+        preset=FIRST_BYTE,
+    )
+    result = run_bench(config)
+    assert {(m.tool, m.holders) for m in result.measurements} == {(CHUNKSTORE, 1), (CHUNKSTORE, 4)}
+    assert all(m.identical and m.first_byte_s is not None for m in result.measurements)
+    assert all(m.node_cpu_s == 0 for m in result.measurements)  # no fetcher node: none ran
+    [ratio] = [t for t in result.targets() if t.name.startswith("4 holders / 1 holder")]
+    assert ratio.goal == FIRST_BYTE_GOAL and "first byte" in ratio.detail
+    paths = write_outputs(result, tmp_path / "out", plot=False)
+    assert paths["json"].name == "swarm-first-byte-bootstrap.json"
+    assert "departed" in render_markdown(result)
+    assert list(tmp_path.iterdir()) == [tmp_path / "out"]
     assert children() <= before

@@ -17,6 +17,12 @@ Every process and network namespace it uses is started by it and stopped before 
   one more namespace. No in-process cap: real per-host links. Rate only: this kernel has no
   netem, so no added delay.
 
+Each chunkstore get also reports its time to first byte and the phases it went through
+(`get --json`: `first_byte_seconds`, `phases`), shown beside the throughput and in a table of
+their own. The fetcher reaches the DHT through its node (default) or, as a fresh machine,
+with `get --bootstrap` and no node (`via`); `departed` nodes join the swarm and are killed
+before each get, leaving contacts that no longer answer, as getters that came and went do.
+
 Throughput is always *file* bytes (MB = 10^6 bytes) per second of the downloader's wall time,
 its start-up included (what a user waits for; aria2c starts in milliseconds, the chunkstore
 CLI in ~0.4 s). chunkstore's cap counts stored bytes, so a compressible file moves fewer bytes

@@ -16,6 +16,28 @@ from benchmarks.swarm_bench.errors import BenchError
 # as many bytes as nginx (the like-for-like comparison).
 CONTENTS = (MIXED, RANDOM)
 CHUNKSTORE, ARIA2C, LOCAL = "chunkstore", "aria2c", "local get"  # Measurement.tool
+# How a measured `chunkstore get` reaches the DHT: through a node serving the fetcher's home
+# (`serve`, started before the get), or as a fresh machine does, joining through a holder
+# with `--bootstrap` from an empty home with no node.
+VIA_NODE, VIA_BOOTSTRAP = "node", "bootstrap"
+# The preset of `swarm.py --first-byte` (issue 8): a 64 MiB file from 1 and 4 holders capped
+# at 8 MB/s each, where 4 holders must reach FIRST_BYTE_GOAL times one holder's throughput.
+FIRST_BYTE = "first-byte"
+FIRST_BYTE_GOAL = 3.5
+# The phases of a network get as `get --json` reports them (chunkstore.net.download
+# fetch_file), in the order they usually end; "manifest_holders_all" and "chunk_holders" run
+# beside the transfers and may be absent.
+PHASES = (
+    "join",
+    "name",
+    "manifest_holders",
+    "manifest",
+    "first_chunk",
+    "manifest_holders_all",
+    "chunk_holders",
+    "last_chunk",
+    "done",
+)
 RSS_GOAL_MIB = 150.0
 
 
@@ -34,6 +56,12 @@ class BenchConfig:
     netns: bool = False
     workdir: Path | None = None  # parent of the temporary directory
     seed: int = 1
+    ratio_goal: float = 3.6  # the target of 4 holders / 1 holder, capped
+    preset: str = ""  # a named configuration (e.g. FIRST_BYTE): part of the output file names
+    via: str = VIA_NODE  # VIA_NODE or VIA_BOOTSTRAP
+    # Nodes that join the swarm and are killed before each chunkstore get: the contacts of
+    # getters that came and went, which every DHT lookup may ask and wait for.
+    departed: int = 0
 
     def __post_init__(self) -> None:
         if self.size < 1 or self.repeat < 1 or not self.rate > 0:
@@ -42,6 +70,19 @@ class BenchConfig:
             raise BenchError("holder counts must be at least 1")
         if not self.contents or set(self.contents) - set(CONTENTS):
             raise BenchError(f"contents must be among {', '.join(CONTENTS)}")
+        if self.via not in (VIA_NODE, VIA_BOOTSTRAP) or self.departed < 0:
+            raise BenchError(f"via must be {VIA_NODE} or {VIA_BOOTSTRAP}; departed >= 0")
+
+    @property
+    def stem(self) -> str:
+        """The base name of the output files: swarm[-PRESET][-bootstrap][-netns]."""
+        parts = [
+            "swarm",
+            self.preset,
+            "bootstrap" if self.via == VIA_BOOTSTRAP else "",
+            "netns" if self.netns else "",
+        ]
+        return "-".join(p for p in parts if p)
 
 
 @dataclass
@@ -65,6 +106,10 @@ class Measurement:
     peers_cpu_s: float = 0.0  # CPU the holders (or the nginx mirrors) spent during the download
     node_cpu_s: float = 0.0  # CPU of the fetcher's node (DHT lookups for the get)
     load1: float = 0.0  # the machine's 1-minute load average after the run: others' work shows
+    # chunkstore: seconds from the start of the library call to the first verified chunk
+    # (`first_byte_seconds` of `get --json`), and when each phase of the get ended
+    first_byte_s: float | None = None
+    phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def mbps(self) -> float:
@@ -73,6 +118,11 @@ class Measurement:
     @property
     def inner_mbps(self) -> float:
         return self.size / MB / self.inner_s if self.inner_s > 0 else 0.0
+
+    @property
+    def outside_s(self) -> float:
+        """Wall time outside the library call: process start-up, imports, exit."""
+        return max(0.0, self.wall_s - self.inner_s)
 
 
 @dataclass(frozen=True)
@@ -93,6 +143,9 @@ class Point:
     peers_cpu_s: float
     node_cpu_s: float
     wall_s: float
+    first_byte_s: float | None = None  # chunkstore: median `first_byte_seconds`
+    outside_s: float = 0.0  # median wall time outside the library call (see Measurement)
+    phases: dict[str, float] = field(default_factory=dict)  # phase -> median end (s)
 
 
 @dataclass(frozen=True)
@@ -146,6 +199,9 @@ class BenchResult:
                 statistics.median(m.peers_cpu_s for m in ms),
                 statistics.median(m.node_cpu_s for m in ms),
                 statistics.median(m.wall_s for m in ms),
+                _median([m.first_byte_s for m in ms]),
+                statistics.median(m.outside_s for m in ms),
+                _median_phases(ms),
             )
             for (tool, content, capped, holders), ms in groups.items()
         ]
@@ -164,12 +220,18 @@ class BenchResult:
             one = self.point(CHUNKSTORE, content, True, 1)
             four = self.point(CHUNKSTORE, content, True, 4)
             if one and four:
+                detail = f"{four.median:.1f} / {one.median:.1f} MB/s"
+                if four.first_byte_s is not None and one.first_byte_s is not None:
+                    detail += f"; first byte {four.first_byte_s:.2f} / {one.first_byte_s:.2f} s"
+                if one.inner_median > 0:
+                    # The library's own seconds, without process start-up and exit.
+                    detail += f"; in-process {four.inner_median / one.inner_median:.2f}x"
                 out.append(
                     Target(
                         f"4 holders / 1 holder, capped, {content} file",
                         four.median / one.median,
-                        3.6,
-                        f"{four.median:.1f} / {one.median:.1f} MB/s",
+                        self.config.ratio_goal,
+                        detail,
                     )
                 )
             for capped, goal, counts in (
@@ -230,6 +292,25 @@ class BenchResult:
             "points": [asdict(p) for p in self.points()],
             "targets": [asdict(t) | {"met": t.met} for t in self.targets()],
             "measurements": [
-                asdict(m) | {"mbps": m.mbps, "inner_mbps": m.inner_mbps} for m in self.measurements
+                asdict(m) | {"mbps": m.mbps, "inner_mbps": m.inner_mbps, "outside_s": m.outside_s}
+                for m in self.measurements
             ],
         }
+
+
+def _median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
+def phase_names(reported: list[dict[str, float]]) -> list[str]:
+    """The phases any of these gets reported: those of PHASES first, in its order, then any
+    other, by name."""
+    names = [p for p in PHASES if any(p in r for r in reported)]
+    return names + sorted({p for r in reported for p in r} - set(names))
+
+
+def _median_phases(ms: list[Measurement]) -> dict[str, float]:
+    """Per phase, the median of the runs that reported it (see phase_names)."""
+    names = phase_names([m.phases for m in ms])
+    return {p: statistics.median(m.phases[p] for m in ms if p in m.phases) for p in names}

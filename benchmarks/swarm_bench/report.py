@@ -8,7 +8,15 @@ import os
 from pathlib import Path
 
 from benchmarks.common import MB, MIXED, RANDOM, format_size
-from benchmarks.swarm_bench.models import ARIA2C, CHUNKSTORE, LOCAL, BenchResult, Point
+from benchmarks.swarm_bench.models import (
+    ARIA2C,
+    CHUNKSTORE,
+    LOCAL,
+    VIA_BOOTSTRAP,
+    BenchResult,
+    Point,
+    phase_names,
+)
 
 
 def _cell(p: Point | None) -> str:
@@ -21,6 +29,42 @@ def _ratio(a: Point | None, b: Point | None) -> str:
     return f"{a.median / b.median:.2f}x" if a and b else "–"
 
 
+def _seconds(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def _first_byte(p: Point | None) -> str:
+    return _seconds(p.first_byte_s if p else None)
+
+
+def _phase_table(result: BenchResult) -> list[str]:
+    """When each phase of `chunkstore get` ended (median seconds since the library call),
+    per point, with the wall time outside the call (start-up, imports, exit)."""
+    points = sorted(
+        (p for p in result.points() if p.tool == CHUNKSTORE and p.phases),
+        key=lambda p: (not p.capped, p.content, p.holders),
+    )
+    if not points:
+        return []
+    names = phase_names([p.phases for p in points])
+    lines = [
+        "",
+        "**Phases of `chunkstore get`**: median seconds since the library call at which each "
+        "ended (`get --json` phases; chunk_holders runs alongside the transfers), and the wall "
+        "time outside the call (process start-up, imports, exit)",
+        "",
+        "| file | cap | holders | wall s | outside the call | " + " | ".join(names) + " |",
+        "|---|---|---:|---:|---:|" + "---:|" * len(names),
+    ]
+    for p in points:
+        cells = [_seconds(p.phases.get(n)) for n in names]
+        lines.append(
+            f"| {p.content} | {'capped' if p.capped else 'none'} | {p.holders} | "
+            f"{p.wall_s:.2f} | {p.outside_s:.2f} | " + " | ".join(cells) + " |"
+        )
+    return lines
+
+
 def render_markdown(result: BenchResult) -> str:
     """The result as markdown: capped and uncapped tables, the targets, and the notes."""
     cfg = result.config
@@ -28,6 +72,10 @@ def render_markdown(result: BenchResult) -> str:
     aria_c = contents[0]
     has_aria = any(m.tool == ARIA2C for m in result.measurements)
     mode = "netns, shaped links" if cfg.netns else "loopback"
+    if cfg.via == VIA_BOOTSTRAP:
+        mode += ", gets via --bootstrap"
+    if cfg.departed:
+        mode += f", {cfg.departed} departed node(s)"
     lines = [
         f"**Capped ({mode}): {cfg.rate / MB:g} MB/s per holder / mirror**, "
         f"{format_size(cfg.size)} file, MB/s of file bytes, median (min–max) of "
@@ -35,12 +83,14 @@ def render_markdown(result: BenchResult) -> str:
         "",
     ]
     header = ["holders", "ideal H×R"] + [f"chunkstore, {c} file" for c in contents]
+    header += [f"first byte s ({c})" for c in contents]
     if has_aria:
         header += ["aria2c"] + [f"chunkstore/aria2c ({c})" for c in contents]
     lines += ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
     for h in cfg.holders:
         row = [str(h), f"{h * cfg.rate / MB:.0f}"]
         row += [_cell(result.point(CHUNKSTORE, c, True, h)) for c in contents]
+        row += [_first_byte(result.point(CHUNKSTORE, c, True, h)) for c in contents]
         if has_aria:
             ar = result.point(ARIA2C, aria_c, True, h)
             row += [_cell(ar)] + [
@@ -51,11 +101,13 @@ def render_markdown(result: BenchResult) -> str:
     if uncapped:
         lines += ["", f"**Uncapped (loopback, CPU-bound on {os.cpu_count()} cores)**", ""]
         header = ["holders"] + [f"chunkstore, {c} file" for c in contents]
+        header += [f"first byte s ({c})" for c in contents]
         if has_aria:
             header += ["aria2c"] + [f"chunkstore/aria2c ({c})" for c in contents]
         lines += ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
         for h in cfg.uncapped_holders:
             row = [str(h)] + [_cell(result.point(CHUNKSTORE, c, False, h)) for c in contents]
+            row += [_first_byte(result.point(CHUNKSTORE, c, False, h)) for c in contents]
             if has_aria:
                 ar = result.point(ARIA2C, aria_c, False, h)
                 row += [_cell(ar)] + [
@@ -88,6 +140,7 @@ def render_markdown(result: BenchResult) -> str:
             f"{p.wall_s:.2f} | {p.cpu_s:.2f} | "
             f"{p.peers_cpu_s:.2f} | {p.node_cpu_s:.2f} | {total / p.wall_s:.2f} |"
         )
+    lines += _phase_table(result)
     targets = result.targets()
     if targets:
         lines += ["", "| target | measured | goal | |", "|---|---:|---:|---|"]
@@ -213,9 +266,10 @@ def write_plot(result: BenchResult, path: Path) -> Path:
 
 def write_outputs(result: BenchResult, out_dir: Path, *, plot: bool = True) -> dict[str, Path]:
     """Write STEM.json, STEM.md and (with matplotlib) STEM.png into `out_dir`; STEM is
-    `swarm` or `swarm-netns`. Returns the paths written."""
+    `swarm`, with `-PRESET` and `-netns` as the config says (BenchConfig.stem). Returns the
+    paths written."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = "swarm-netns" if result.config.netns else "swarm"
+    stem = result.config.stem
     paths = {"json": out_dir / f"{stem}.json", "markdown": out_dir / f"{stem}.md"}
     paths["json"].write_text(json.dumps(result.to_json(), indent=2) + "\n")
     paths["markdown"].write_text(render_markdown(result))

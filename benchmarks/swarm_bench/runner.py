@@ -23,6 +23,7 @@ from benchmarks.swarm_bench.models import (
     ARIA2C,
     CHUNKSTORE,
     LOCAL,
+    VIA_NODE,
     BenchConfig,
     BenchResult,
     Measurement,
@@ -118,7 +119,11 @@ class BenchRunner:
         self.measurements.append(m)
         where = f"{m.holders} holder(s)" if m.tool != LOCAL else "local store"
         cap = "capped" if m.capped else "uncapped"
-        extra = f", in-process {m.inner_mbps:.1f} MB/s" if m.tool == CHUNKSTORE else ""
+        extra = ""
+        if m.tool == CHUNKSTORE:
+            extra = f", in-process {m.inner_mbps:.1f} MB/s"
+            if m.first_byte_s is not None:
+                extra += f", first byte {m.first_byte_s:.2f} s"
         self.progress(
             f"[{self.count}/{self.total}] {m.tool:<10} {m.content:<6} {cap:<8} "
             f"{where:<12} rep {m.rep + 1}: {m.mbps:7.1f} MB/s (wall {m.wall_s:.2f} s"
@@ -153,10 +158,26 @@ class BenchRunner:
                 # In netns mode the link is the cap: no token bucket in the node.
                 rate = self.config.rate if capped and lab is None else None
                 serving.append(nodes.start(prepared.homes[i], serving[:1], rate, ns))
-            fetcher = nodes.start(fetch_home, serving[:1], None, lab.fetcher if lab else None)
-            nodes.wait_ready(serving, fetcher, prepared.manifest_id, prepared.objects)
+            for i in range(self.config.departed):
+                # Joined (serve returns once it has), then gone without a word, as a getter
+                # that finished: the holders keep it as a contact.
+                nodes.start(
+                    self.work / tag / f"departed{i}",
+                    serving[:1],
+                    None,
+                    lab.fetcher if lab else None,
+                ).kill()
+            fetchers: list[ServeProcess] = []
+            extra: list[str] = []
+            if self.config.via == VIA_NODE:
+                fetcher = nodes.start(fetch_home, serving[:1], None, lab.fetcher if lab else None)
+                fetchers.append(fetcher)
+                nodes.wait_ready(serving, fetcher, prepared.manifest_id, prepared.objects)
+            else:  # an empty home and no node: the get joins the DHT through a holder
+                nodes.wait_ready(serving, serving[0], prepared.manifest_id, prepared.objects)
+                extra = ["--bootstrap", nodes.dht_address(serving[0])]
             peers_before = cpu_seconds([n.proc.pid for n in serving])
-            node_before = cpu_seconds([fetcher.proc.pid])
+            node_before = cpu_seconds([n.proc.pid for n in fetchers])
             run = run_measured(
                 [
                     *netns_prefix(lab.fetcher if lab else None),
@@ -168,12 +189,13 @@ class BenchRunner:
                     "--json",
                     "--home",
                     str(fetch_home),
+                    *extra,
                 ],
                 self.logs / f"{tag}.log",
                 timeout=self._timeout(holders, capped),
             )
             peers_cpu = cpu_seconds([n.proc.pid for n in serving]) - peers_before
-            node_cpu = cpu_seconds([fetcher.proc.pid]) - node_before
+            node_cpu = cpu_seconds([n.proc.pid for n in fetchers]) - node_before
             result = json.loads(run.stdout)
             wire = sum(nodes.api(n, "/node")["bytes_served"] for n in serving)
             expected = {nodes.transfer_address(n) for n in serving}
@@ -201,6 +223,8 @@ class BenchRunner:
                 run.cpu_s,
                 peers_cpu,
                 node_cpu,
+                first_byte_s=result.get("first_byte_seconds"),
+                phases=result.get("phases") or {},
             )
         )
 
@@ -434,6 +458,23 @@ def _notes(result: BenchResult) -> list[str]:
         notes.append(
             f"{len(result.failures)} attempt(s) failed and were run again "
             "(details in the JSON): " + "; ".join(f[:160] for f in result.failures)
+        )
+    if cfg.via == VIA_NODE:
+        notes.append(
+            "chunkstore gets go through a node serving the fetcher's home (started, joined "
+            "and finding every holder before the get)."
+        )
+    else:
+        notes.append(
+            "chunkstore gets run as on a fresh machine: an empty home, no node, "
+            "`--bootstrap` to a holder; joining the DHT is part of each get (in its phases "
+            "only when the porcelain passes the get's start to fetch_file, else in the time "
+            "outside the call)."
+        )
+    if cfg.departed:
+        notes.append(
+            f"{cfg.departed} node(s) joined the swarm and were killed before each get: "
+            "contacts that no longer answer, as getters that came and went leave behind."
         )
     if cfg.netns:
         notes.append(

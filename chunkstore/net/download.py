@@ -4,11 +4,18 @@ name -> manifest id (DHT) -> manifest (from its holders, verified by id) -> hold
 chunk not already local -> the scheduler's requests, carried out concurrently. Each verified
 chunk goes into the store (so a killed get resumes from there) and into the output file at
 its offset; the output gets its final name only when complete.
+
+Data starts to flow as early as it can: the manifest is fetched as soon as a few of its
+holders are known, from several at once (the first valid answer wins), and chunks are
+requested from those holders while further holders are still being looked up; whoever is
+found later joins the download at once. The phases of a get (`GetResult.phases`) say where
+the time before the first byte went.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import stat
 import time
@@ -28,7 +35,7 @@ from chunkstore.local.output import Output, atomic_output
 from chunkstore.local.pipeline import BackgroundWriter
 from chunkstore.local.restore import restore
 from chunkstore.local.store import Store
-from chunkstore.net.lookup import Lookup
+from chunkstore.net.lookup import Lookup, first_providers
 from chunkstore.net.providers import Holder
 from chunkstore.net.scheduler import DownloadScheduler, FailureKind, Request
 from chunkstore.net.transfer_client import TransferClient
@@ -50,6 +57,17 @@ STALL_SECONDS = 120.0
 ENOUGH_SOURCES = 4
 # Holder lookups for single chunks run in the background with this much concurrency.
 LOOKUP_CONCURRENCY = 16
+# The manifest is fetched once this many of its holders are known (a full lookup goes on
+# meanwhile: in a DHT with departed nodes it took 3-4 s, every round that asks one waiting
+# a full RPC timeout). The DHT returns no more than this many early, and chunks come from
+# those until the full lookup ends, so it is as many as make a download "enough sources".
+FIRST_HOLDERS = ENOUGH_SOURCES
+# The manifest is asked of this many holders at once, and of one more whenever this long
+# passes without an answer. A manifest is small (~40 bytes per chunk), so asking a few at
+# once costs little, and a silent holder never holds the get up for the 30 s of a request
+# timeout.
+MANIFEST_PARALLEL = 3
+MANIFEST_STAGGER = 0.5
 
 
 async def resolve_manifest_id(store: Store, lookup: Lookup, name_or_id: str) -> bytes:
@@ -65,27 +83,127 @@ async def resolve_manifest_id(store: Store, lookup: Lookup, name_or_id: str) -> 
     return bytes.fromhex(mid)
 
 
-async def fetch_manifest(
-    store: Store, lookup: Lookup, client: TransferClient, manifest_id: bytes
-) -> tuple[Manifest, list[Holder]]:
-    """The manifest (local, else from a holder, verified by id) and the holders found."""
-    holders = await lookup.find_providers(manifest_id)
-    manifest = store.get_manifest(manifest_id)
-    if manifest is not None:
-        return manifest, holders
-    if not holders:
-        raise NotFound(f"no holder of manifest {manifest_id.hex()} could be found")
-    errors = []
-    for holder in holders:
+class PhaseClock:
+    """When each phase of a get ended, in seconds since `started` (a time.monotonic(); default:
+    now). `phases` keeps the first end of each phase, in the order they ended."""
+
+    def __init__(self, started: float | None = None) -> None:
+        self.started = time.monotonic() if started is None else started
+        self.phases: dict[str, float] = {}
+
+    def mark(self, phase: str) -> float:
+        """Record that `phase` ended now (unless it already did); the seconds since start."""
+        seconds = time.monotonic() - self.started
+        self.phases.setdefault(phase, seconds)
+        return seconds
+
+
+class HolderSearch:
+    """The holders of one manifest: the first few a lookup finds, then, in the background,
+    whatever a full lookup adds.
+
+    Callers may rely on: `known` only grows, in the order found, without duplicates;
+    `more` (while not None) is a task giving the holders the full lookup added, which never
+    raises NetworkError; `close()` stops the search."""
+
+    def __init__(self, lookup: Lookup, manifest_id: bytes, clock: PhaseClock) -> None:
+        self.lookup = lookup
+        self.manifest_id = manifest_id
+        self.clock = clock
+        self.known: list[Holder] = []
+        self.more: asyncio.Task[list[Holder]] | None = None
+
+    async def start(self) -> None:
+        """The first holders (phase "manifest_holders"); a full lookup follows in the
+        background when the first answer may not be all (phase "manifest_holders_all")."""
+        found, complete = await first_providers(self.lookup, self.manifest_id, FIRST_HOLDERS)
+        self._add(found)
+        self.clock.mark("manifest_holders")
+        if not complete:
+            self.more = asyncio.create_task(self._full_lookup())
+
+    @property
+    def searching(self) -> bool:
+        return self.more is not None and not self.more.done()
+
+    async def _full_lookup(self) -> list[Holder]:
         try:
-            data = await client.fetch_manifest(holder.host, holder.port, manifest_id)
-            manifest = Manifest.from_bytes(data, manifest_id)
-        except (NetworkError, CorruptManifest) as e:
-            errors.append(str(e))
-            continue
-        store.put_manifest(manifest, pin=True, announce=False)  # announced once complete
-        return manifest, holders
+            found = await self.lookup.find_providers(self.manifest_id)
+        except NetworkError:
+            found = []
+        added = self._add(found)
+        self.clock.mark("manifest_holders_all")
+        return added
+
+    def _add(self, holders: list[Holder]) -> list[Holder]:
+        added = [h for h in dict.fromkeys(holders) if h not in self.known]
+        self.known += added
+        return added
+
+    async def close(self) -> None:
+        if self.searching:
+            self.more.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.more
+
+
+async def fetch_manifest(
+    client: TransferClient, manifest_id: bytes, search: HolderSearch
+) -> Manifest:
+    """The manifest (verified by id) from whichever holder serves it first.
+
+    MANIFEST_PARALLEL holders are asked at once; one more whenever an attempt fails, and
+    whenever MANIFEST_STAGGER seconds pass without an answer (so a holder that accepts and
+    stays silent delays nothing beyond that); holders the search finds meanwhile are asked
+    too. The first valid answer wins and the other attempts are cancelled. Raises NotFound
+    when no holder is known, NetworkError when none served a valid manifest."""
+    tried: set[Holder] = set()
+    attempts: dict[asyncio.Task[Manifest], Holder] = {}
+    errors: list[str] = []
+
+    def untried() -> Holder | None:
+        return next((h for h in search.known if h not in tried), None)
+
+    def ask(holder: Holder) -> None:
+        tried.add(holder)
+        attempts[asyncio.create_task(_manifest_from(client, holder, manifest_id))] = holder
+
+    try:
+        while True:
+            while len(attempts) < MANIFEST_PARALLEL and (holder := untried()) is not None:
+                ask(holder)
+            more = search.more if search.searching else None
+            if not attempts and more is None:
+                break
+            waiting: set[asyncio.Future] = set(attempts)
+            if more is not None:
+                waiting.add(more)
+            stagger = MANIFEST_STAGGER if untried() is not None else None
+            done, _ = await asyncio.wait(
+                waiting, timeout=stagger, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:
+                ask(untried())  # nobody answered in time: one more holder beside them
+                continue
+            for task in done:
+                if attempts.pop(task, None) is None:
+                    continue  # the search found more holders: asked on the next round
+                try:
+                    return task.result()
+                except (NetworkError, CorruptManifest) as e:
+                    errors.append(str(e))
+    finally:
+        for task in attempts:
+            task.cancel()  # closes its connection: a silent holder is not waited for
+        await asyncio.gather(*attempts, return_exceptions=True)
+    if not tried:
+        raise NotFound(f"no holder of manifest {manifest_id.hex()} could be found")
     raise NetworkError(f"no holder served manifest {manifest_id.hex()}: {'; '.join(errors)}")
+
+
+async def _manifest_from(client: TransferClient, holder: Holder, manifest_id: bytes) -> Manifest:
+    data = await client.fetch_manifest(holder.host, holder.port, manifest_id)
+    return Manifest.from_bytes(data, manifest_id)
 
 
 class _ChunkFetch:
@@ -100,7 +218,10 @@ class _ChunkFetch:
         manifest: Manifest,
         out_fd: int | None,
         progress: Progress | None,
+        clock: PhaseClock,
     ) -> None:
+        self.clock = clock
+        self.first_byte: float | None = None
         self.manifest_id = manifest_id
         self.store = store
         self.lookup = lookup
@@ -139,6 +260,16 @@ class _ChunkFetch:
         self.last_flush = time.monotonic()
         self.fetched_bytes = 0
         self.accepted: set[bytes] = set()
+        # Set when holders are learned while requests are in flight: the loop then issues
+        # work to them at once, not when some request next ends (a silent holder's requests
+        # may not end for a request timeout).
+        self.news = asyncio.Event()
+
+    def add_peer_for_all(self, holders: list[Holder]) -> None:
+        for holder in holders:
+            self.scheduler.add_peer_for_all(holder)
+        if holders:
+            self.news.set()
 
     def write_out(self, chunk_id: bytes, raw: bytes | memoryview) -> None:
         if self.out_fd is not None:
@@ -163,11 +294,8 @@ class _ChunkFetch:
         With `refresh`, first ask again for the manifest's holders: peers that joined or
         came back since the download started."""
         if refresh:
-            try:
-                for holder in await self.lookup.find_providers(self.manifest_id):
-                    self.scheduler.add_peer_for_all(holder)
-            except NetworkError:
-                pass
+            with contextlib.suppress(NetworkError):
+                self.add_peer_for_all(await self.lookup.find_providers(self.manifest_id))
         queue = [(i, cid) for i, cid in enumerate(self.units) if cid not in self.accepted]
         queue.reverse()
 
@@ -179,10 +307,24 @@ class _ChunkFetch:
                 except NetworkError:
                     continue
                 self.scheduler.add_holders(index, holders)
+                if holders:
+                    self.news.set()
 
         async with asyncio.TaskGroup() as tg:
             for _ in range(min(LOOKUP_CONCURRENCY, len(self.units))):
                 tg.create_task(worker())
+        self.clock.mark("chunk_holders")
+
+    async def discover(self, search: HolderSearch) -> None:
+        """In the background: the manifest holders a full lookup adds, then, with fewer than
+        ENOUGH_SOURCES of them, the holders of every missing chunk."""
+        if search.more is not None:
+            self.add_peer_for_all(await search.more)
+        # Holders of the manifest hold the whole file (a node announces a manifest only once
+        # it has every chunk), so with enough of them the per-chunk lookups are skipped: on
+        # a 512 MiB file they cost the local node ~0.5 CPU-s. A refresh does them anyway.
+        if len(search.known) < ENOUGH_SOURCES:
+            await self.lookup_holders()
 
     async def fetch_one(
         self, req: Request
@@ -210,6 +352,8 @@ class _ChunkFetch:
         return req, None, (stored, raw)
 
     def _accept(self, cid: bytes, stored: bytes, raw: bytes | memoryview) -> int:
+        if self.first_byte is None:
+            self.first_byte = self.clock.mark("first_chunk")
         self.accepted.add(cid)
         self.pending.append((cid, stored, raw))
         self.pending_bytes += len(raw)
@@ -220,21 +364,19 @@ class _ChunkFetch:
         return len(raw)
 
     async def run(
-        self, manifest_holders: list[Holder], stall_seconds: float = STALL_SECONDS
+        self, search: HolderSearch, stall_seconds: float = STALL_SECONDS
     ) -> dict[str, int]:
+        """Fetch every missing chunk from the search's holders (more join as they are found);
+        the bytes each peer delivered. Raises MissingChunks."""
         loop = asyncio.get_running_loop()
         sched = self.scheduler
-        for holder in manifest_holders:
-            sched.add_peer_for_all(holder)
-        # Holders of the manifest hold the whole file (a node announces a manifest only once
-        # it has every chunk), so with enough of them the per-chunk lookups are skipped: on
-        # a 512 MiB file they cost the local node ~0.5 CPU-s. A refresh does them anyway.
-        wanted = self.units and len(manifest_holders) < ENOUGH_SOURCES
-        lookups = asyncio.create_task(self.lookup_holders()) if wanted else None
+        self.add_peer_for_all(search.known)
+        lookups = asyncio.create_task(self.discover(search)) if self.units else None
         refreshes_left = 1
         last_progress = loop.time()
         tasks: dict[asyncio.Task, Request] = {}
         by_request: dict[Request, asyncio.Task] = {}
+        news: asyncio.Task | None = None
         try:
             while not sched.done:
                 now = loop.time()
@@ -258,19 +400,20 @@ class _ChunkFetch:
                     refreshes_left -= 1
                     lookups = asyncio.create_task(self.lookup_holders(refresh=True))
                     continue
-                waiting: set[asyncio.Future] = set(tasks)
+                if news is None or news.done():
+                    # Every holder known so far was offered work above: wait for newer ones.
+                    self.news.clear()
+                    news = asyncio.create_task(self.news.wait())
+                waiting: set[asyncio.Future] = {*tasks, news}
                 if lookups_running:
                     waiting.add(lookups)
                 timeout = None if wakeup is None else max(0.0, wakeup - loop.time())
-                if not waiting:
-                    await asyncio.sleep(timeout)  # a back-off or a deadline: nothing in flight
-                    continue
                 done, _ = await asyncio.wait(
                     waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
                 )
                 now = loop.time()
                 for task in done:
-                    if task is lookups:
+                    if task is lookups or task is news:
                         continue
                     if tasks.pop(task, None) is None:
                         continue  # a copy cancelled by a success earlier in this batch
@@ -288,11 +431,14 @@ class _ChunkFetch:
                                 tasks.pop(dup_task, None)
                     else:
                         sched.on_failure(req, now, failure)
+            if sched.done and self.units:
+                self.clock.mark("last_chunk")
         finally:
             for task in tasks:
                 task.cancel()
-            if lookups is not None:
-                lookups.cancel()
+            for task in (lookups, news):
+                if task is not None:
+                    task.cancel()
             self.flush()
             self.writer.close()  # every verified chunk is in the store before we go on
         if not sched.done:
@@ -336,6 +482,7 @@ async def fetch_file(
     progress: Progress | None = None,
     on_total: Callable[[int], None] | None = None,
     stall_seconds: float = STALL_SECONDS,
+    started: float | None = None,
 ) -> GetResult:
     """Fetch `name_or_id` into the store and to `output`: a path (a regular file is written
     at chunk offsets as chunks arrive and renamed into place when complete), a stream
@@ -344,37 +491,61 @@ async def fetch_file(
     Raises NotFound (unknown name, no holder of the manifest), MissingChunks (some chunks had
     no reachable holder: what was fetched stays in the store, a retry resumes), InputError
     (output exists without `force`). A get that receives no chunk for `stall_seconds`
-    stops with MissingChunks."""
-    started = time.monotonic()
+    stops with MissingChunks.
+
+    Times in the result count from `started` (a `time.monotonic()` taken when the caller's
+    get began, e.g. before it joined the DHT; default: the call of this function):
+    `seconds` in all, `first_byte_seconds` to the first verified chunk from the network
+    (None if none was needed), and `phases`, the time each phase ended, in the order they
+    ended: "join" (this call began: a lookup opened by the caller is ready), "name" (the
+    manifest id is known), "manifest_holders" (its first holders are known), "manifest"
+    (it is verified, or was local), "first_chunk", "last_chunk" (every missing chunk is in
+    the store), "done"; and, running beside the transfers when they happen,
+    "manifest_holders_all" (a full lookup of the manifest's holders) and "chunk_holders"
+    (the holders of every missing chunk, looked up with fewer than ENOUGH_SOURCES holders
+    of the manifest)."""
+    clock = PhaseClock(started)
+    clock.mark("join")
     manifest_id = await resolve_manifest_id(store, lookup, name_or_id)
-    manifest, holders = await fetch_manifest(store, lookup, client, manifest_id)
-    if on_total:
-        on_total(manifest.size)
-    name = name_or_id if not looks_like_id(name_or_id) else ""
-    with store.lease():
-        if isinstance(output, Path) and _is_file_target(output):
-            with atomic_output(output, force=force) as f:
-                os.ftruncate(f.fileno(), manifest.size)
+    clock.mark("name")
+    search = HolderSearch(lookup, manifest_id, clock)
+    try:
+        await search.start()
+        manifest = store.get_manifest(manifest_id)
+        if manifest is None:
+            manifest = await fetch_manifest(client, manifest_id, search)
+            store.put_manifest(manifest, pin=True, announce=False)  # announced once complete
+        clock.mark("manifest")
+        if on_total:
+            on_total(manifest.size)
+        name = name_or_id if not looks_like_id(name_or_id) else ""
+        with store.lease():
+            if isinstance(output, Path) and _is_file_target(output):
+                with atomic_output(output, force=force) as f:
+                    os.ftruncate(f.fileno(), manifest.size)
+                    job = _ChunkFetch(
+                        store, lookup, client, manifest_id, manifest, f.fileno(), progress, clock
+                    )
+                    sources = await job.run(search, stall_seconds)
+                    job.write_present()
+            else:
+                # Offsets cannot be used (a pipe, a device, stdout): fill the store, then stream.
                 job = _ChunkFetch(
-                    store, lookup, client, manifest_id, manifest, f.fileno(), progress
+                    store,
+                    lookup,
+                    client,
+                    manifest_id,
+                    manifest,
+                    None,
+                    progress if output is None else None,
+                    clock,
                 )
-                sources = await job.run(holders, stall_seconds)
-                job.write_present()
-        else:
-            # Offsets cannot be used (a pipe, a device, stdout): fill the store, then stream.
-            job = _ChunkFetch(
-                store,
-                lookup,
-                client,
-                manifest_id,
-                manifest,
-                None,
-                progress if output is None else None,
-            )
-            sources = await job.run(holders, stall_seconds)
-            if output is not None:
-                restore(store, manifest, output, force=force, progress=progress)
-        store.put_manifest(manifest, name=name or None, pin=True)
+                sources = await job.run(search, stall_seconds)
+                if output is not None:
+                    restore(store, manifest, output, force=force, progress=progress)
+            store.put_manifest(manifest, name=name or None, pin=True)
+    finally:
+        await search.close()
     store.sync()
     shown = "" if output is None else str(output) if isinstance(output, Path) else "-"
     return GetResult(
@@ -385,7 +556,9 @@ async def fetch_file(
         chunks_fetched=len(job.units),
         chunks_reused=len(job.present),
         bytes_fetched=job.fetched_bytes,
-        seconds=time.monotonic() - started,
+        seconds=clock.mark("done"),
         output=shown,
         sources=sources,
+        first_byte_seconds=job.first_byte,
+        phases=clock.phases,
     )

@@ -3,6 +3,10 @@
 Three ways to the DHT, tried in this order by `open_lookup`: a node running in this process
 on the same home (its DHT directly), a node serving the home from another process (over its
 local HTTP API on 127.0.0.1), else a short-lived DHT node joined through bootstrap addresses.
+
+A get waits for as little of the DHT as it can: a short-lived node is usable as soon as one
+bootstrap contact answered (the rest of the join goes on in the background), and a lookup
+that can (`find_first_providers`) returns the first holders while a full lookup follows.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ from chunkstore.objects.ids import looks_like_id
 
 # A holder list is short: a cap bounds what a hostile local API answer could make us hold.
 MAX_HOLDERS = 64
+# A short-lived node's joins are bounded by the DHT's own timeouts; this only bounds the
+# wait for a first contact before waiting on the joins alone.
+JOIN_WAIT = 30.0
 
 
 class Lookup(Protocol):
@@ -34,6 +41,27 @@ class Lookup(Protocol):
 
     async def find_providers(self, object_id: bytes) -> list[Holder]:
         """Peers announcing that they hold `object_id` (possibly empty)."""
+
+
+class EarlyLookup(Lookup, Protocol):
+    """A Lookup that can also answer early (optional; see `first_providers`)."""
+
+    async def find_first_providers(self, object_id: bytes, enough: int) -> list[Holder]:
+        """Holders of `object_id`, returned as soon as `enough` are known; fewer means the
+        lookup found no more."""
+
+
+async def first_providers(
+    lookup: Lookup, object_id: bytes, enough: int
+) -> tuple[list[Holder], bool]:
+    """The first holders of `object_id` a lookup finds, and whether they are all it would
+    find (False: `enough` came early, and a full `find_providers` may know more). A Lookup
+    without `find_first_providers` answers in full."""
+    early = getattr(lookup, "find_first_providers", None)
+    if early is None:
+        return await lookup.find_providers(object_id), True
+    found = await early(object_id, enough)
+    return found, len(found) < enough
 
 
 class DhtLookup:
@@ -47,6 +75,11 @@ class DhtLookup:
 
     async def find_providers(self, object_id: bytes) -> list[Holder]:
         return await self.dht.find_providers(dht_key(object_id), limit=MAX_HOLDERS)
+
+    async def find_first_providers(self, object_id: bytes, enough: int) -> list[Holder]:
+        # The iterative lookup stops at the round where `enough` are known, instead of
+        # asking every node near the key (a round with a dead node in it waits 1 s).
+        return await self.dht.find_providers(dht_key(object_id), limit=min(enough, MAX_HOLDERS))
 
 
 class NodeApiLookup:
@@ -131,10 +164,42 @@ async def open_lookup(home: Path, bootstrap: Sequence[tuple[str, int]]) -> Async
     dht = DhtNode()
     # Stay on loopback when every peer is there (tests, the demo); else listen everywhere.
     host = "127.0.0.1" if all(_is_loopback(h) for h, _ in bootstrap) else "0.0.0.0"
-    joined = await dht.start(host, 0, bootstrap)
+    await dht.start(host, 0)
+    # One join per bootstrap contact: the DHT's join pings all its contacts before it asks
+    # any of them for nodes, so one that never answers would hold up the others.
+    joins: list[asyncio.Task] = []
     try:
-        if not joined:
-            raise BootstrapFailed([f"{h}:{p}" for h, p in bootstrap])
+        joins = [asyncio.create_task(dht.bootstrap([address])) for address in bootstrap]
+        await _first_contact(dht, joins, bootstrap)
         yield DhtLookup(dht)
     finally:
+        for join in joins:
+            join.cancel()
+        await asyncio.gather(*joins, return_exceptions=True)
         await dht.stop()
+
+
+async def _first_contact(
+    dht: DhtNode, joins: list[asyncio.Task], bootstrap: Sequence[tuple[str, int]]
+) -> None:
+    """Wait until the joining `dht` has a contact that answered, or a join ended having
+    reached someone; raises BootstrapFailed when every join ended reaching no one.
+
+    The rest of the join goes on in the background: it is for the routing table, and each
+    of its rounds that asks a departed node waits a full RPC timeout (in a swarm where
+    short-lived getters came and went it cost 1-4 s before the first lookup), while the
+    get's own lookups need only one contact to start from."""
+    contact = asyncio.create_task(dht.wait_for_new_contact(dht.contacts_gained, JOIN_WAIT))
+    waiting: set[asyncio.Task] = {*joins, contact}
+    try:
+        while True:
+            done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if contact in done and contact.result():
+                return
+            if any(join.result() for join in done if join is not contact):
+                return
+            if not waiting - {contact}:
+                raise BootstrapFailed([f"{h}:{p}" for h, p in bootstrap])
+    finally:
+        contact.cancel()
+        await asyncio.gather(contact, return_exceptions=True)
