@@ -54,6 +54,7 @@ from chunkstore.local.store import Store
 from chunkstore.local.verify import verify_store
 from chunkstore.net.addresses import parse_addresses
 from chunkstore.net.node_file import running_node
+from chunkstore.net.providers import Holder
 from chunkstore.objects.chunking import FASTCDC, FIXED, ChunkerParams
 from chunkstore.objects.codec import DEFAULT_LEVEL
 from chunkstore.objects.link import Link, LinkAddress, looks_like_link
@@ -72,7 +73,6 @@ if TYPE_CHECKING:
 
     from chunkstore.net.dht import Contact
     from chunkstore.net.lookup import Lookup
-    from chunkstore.net.providers import Holder
 
 Home = str | os.PathLike[str] | Store | None
 Target = str | os.PathLike[str] | BinaryIO
@@ -253,6 +253,11 @@ def _read_target(
     return link.manifest_id.hex(), link, peers
 
 
+def _link_holders(link: Link) -> list[Holder]:
+    """The holders a link names (its maker, at its transfer port)."""
+    return [Holder(a.host, a.transfer_port) for a in link.addresses]
+
+
 def _name_from_link(store: Store, link: Link | None, result: GetResult) -> GetResult:
     """After a get through a link: its name points at its file in the store (as after an
     add, replacing what the name pointed at), and the result says so."""
@@ -291,6 +296,7 @@ def get(
     the network), BootstrapFailed (no bootstrap or link address answered), MissingChunks
     (some chunks had no reachable holder: what came stays in the store and a retry
     resumes), OutputExists (output exists and not `force`), InputError (a bad link)."""
+    started = time.monotonic()  # phases of the result count from here: the join included
     what, link, peers = _read_target(name_or_id, bootstrap)
     target = as_output(output)
     with open_store(home) as store:
@@ -316,6 +322,7 @@ def get(
                 force=force,
                 progress=progress,
                 on_total=on_total,
+                started=started,
             )
         )
         return _name_from_link(store, link, result)
@@ -334,6 +341,7 @@ async def fetch(
     """`get` for code already inside an event loop; `output=None` fills the store only.
 
     A local restore runs on a worker thread, so the loop keeps running meanwhile."""
+    started = time.monotonic()
     what, link, peers = _read_target(name_or_id, bootstrap)
     target = None if output is None else as_output(output)
     with open_store(home) as store:
@@ -342,34 +350,17 @@ async def fetch(
         )
         if local is None:
             local = await _fetch_remote(
-                store, what, target, peers, link, force=force, progress=progress, on_total=on_total
+                store,
+                what,
+                target,
+                peers,
+                link,
+                force=force,
+                progress=progress,
+                on_total=on_total,
+                started=started,
             )
         return _name_from_link(store, link, local)
-
-
-class _LinkLookup:
-    """A lookup that also gives a link's addresses as holders of its manifest: the link's
-    maker said it holds the file, so it is asked even before (or without) the DHT knowing
-    it. With `inner` None (the DHT could not be joined) only those holders are known."""
-
-    def __init__(self, inner: Lookup | None, link: Link) -> None:
-        from chunkstore.net.providers import Holder
-
-        self.inner = inner
-        self.manifest_id = link.manifest_id
-        self.holders = [Holder(a.host, a.transfer_port) for a in link.addresses]
-
-    async def resolve_name(self, name: str) -> str | None:
-        return None if self.inner is None else await self.inner.resolve_name(name)
-
-    async def find_providers(self, object_id: bytes) -> list[Holder]:
-        if object_id != self.manifest_id:
-            return [] if self.inner is None else await self.inner.find_providers(object_id)
-        found = []
-        if self.inner is not None:
-            with contextlib.suppress(NetworkError):
-                found = await self.inner.find_providers(object_id)
-        return found + [h for h in self.holders if h not in found]
 
 
 async def _fetch_remote(
@@ -382,9 +373,10 @@ async def _fetch_remote(
     force: bool,
     progress: Progress | None,
     on_total: Callable[[int], None] | None,
+    started: float,
 ) -> GetResult:
     from chunkstore.net.download import fetch_file
-    from chunkstore.net.lookup import open_lookup
+    from chunkstore.net.lookup import LinkLookup, open_lookup
     from chunkstore.net.node import Node, running_node
     from chunkstore.net.transfer_client import TransferClient
 
@@ -404,7 +396,7 @@ async def _fetch_remote(
         else:
             failed = None
         if link is not None:
-            lookup = _LinkLookup(lookup, link)
+            lookup = LinkLookup(lookup, link.manifest_id, _link_holders(link))
         client = await stack.enter_async_context(TransferClient())
         try:
             return await fetch_file(
@@ -416,6 +408,7 @@ async def _fetch_remote(
                 force=force,
                 progress=progress,
                 on_total=on_total,
+                started=started,
             )
         except (NotFound, NetworkError) as e:
             if failed is None or isinstance(e, MissingChunks):

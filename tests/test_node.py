@@ -204,3 +204,26 @@ def test_retries_of_refused_announcements_back_off_and_start_over() -> None:
     assert backoff.due(now)
     backoff.refused(now)
     assert backoff.retry_at - now == 1.0
+
+
+def test_the_local_api_bounds_a_holder_lookup_by_its_limit(tmp_path: Path) -> None:
+    from chunkstore.net.lookup import NodeApiLookup
+
+    src = write_file(tmp_path / "f.bin", MIB, seed=7)
+
+    async def main() -> None:
+        async with chunkstore.Node(tmp_path / "home", host=HOST) as node:
+            mid = bytes.fromhex(chunkstore.add(src, home=tmp_path / "home").manifest_id)
+            api = NodeApiLookup(node.info.api_url)
+            try:
+                await wait_until_async(
+                    lambda: node.store.is_complete(mid), "the add is recorded complete"
+                )
+                assert await api.find_first_providers(mid, 1) == [Holder(HOST, node.transfer_port)]
+                for bad in ("0", "65", "x"):
+                    with pytest.raises(chunkstore.NetworkError, match="400"):
+                        await api.get_json(f"/dht/providers/{mid.hex()}?limit={bad}")
+            finally:
+                await api.close()
+
+    asyncio.run(main())

@@ -12,6 +12,7 @@ that can (`find_first_providers`) returns the first holders while a full lookup 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -82,6 +83,39 @@ class DhtLookup:
         return await self.dht.find_providers(dht_key(object_id), limit=min(enough, MAX_HOLDERS))
 
 
+class LinkLookup:
+    """A lookup that also gives a share link's holders as holders of its manifest: the link's
+    maker said it holds the file, so it is asked even before (or without) the DHT knowing of
+    it. With `inner` None (the DHT could not be joined) only those holders are known."""
+
+    def __init__(self, inner: Lookup | None, manifest_id: bytes, holders: list[Holder]) -> None:
+        self.inner = inner
+        self.manifest_id = manifest_id
+        self.holders = holders
+
+    async def resolve_name(self, name: str) -> str | None:
+        return None if self.inner is None else await self.inner.resolve_name(name)
+
+    async def find_providers(self, object_id: bytes) -> list[Holder]:
+        found: list[Holder] = []
+        if self.inner is not None:
+            with contextlib.suppress(NetworkError):
+                found = await self.inner.find_providers(object_id)
+        return self._with_link_holders(object_id, found)
+
+    async def find_first_providers(self, object_id: bytes, enough: int) -> list[Holder]:
+        found: list[Holder] = []
+        if self.inner is not None:
+            with contextlib.suppress(NetworkError):
+                found, _ = await first_providers(self.inner, object_id, enough)
+        return self._with_link_holders(object_id, found)
+
+    def _with_link_holders(self, object_id: bytes, found: list[Holder]) -> list[Holder]:
+        if object_id != self.manifest_id:
+            return found
+        return found + [h for h in self.holders if h not in found]
+
+
 class NodeApiLookup:
     """Looks things up through the local API of the node serving this home."""
 
@@ -114,7 +148,15 @@ class NodeApiLookup:
         return mid if isinstance(mid, str) and looks_like_id(mid) else None
 
     async def find_providers(self, object_id: bytes) -> list[Holder]:
-        data = await self.get_json("/dht/providers/" + object_id.hex())
+        return await self._providers(object_id, MAX_HOLDERS)
+
+    async def find_first_providers(self, object_id: bytes, enough: int) -> list[Holder]:
+        # The node's lookup stops once `enough` are known: in a churned swarm the full one
+        # costs seconds of dead contacts before the first byte.
+        return await self._providers(object_id, max(1, min(enough, MAX_HOLDERS)))
+
+    async def _providers(self, object_id: bytes, limit: int) -> list[Holder]:
+        data = await self.get_json(f"/dht/providers/{object_id.hex()}?limit={limit}")
         holders = []
         for item in data if isinstance(data, list) else []:
             if (
@@ -123,7 +165,7 @@ class NodeApiLookup:
                 and isinstance(item.get("port"), int)
             ):
                 holders.append(Holder(item["host"], item["port"]))
-        return holders[:MAX_HOLDERS]
+        return holders[:limit]
 
     async def close(self) -> None:
         if self._session is not None:

@@ -440,7 +440,14 @@ class Node:
         oid = request.match_info["oid"]
         if not looks_like_id(oid):
             raise web.HTTPBadRequest()
-        holders = await self.dht.find_providers(dht_key(bytes.fromhex(oid)), limit=64)
+        try:
+            limit = int(request.query.get("limit", "64"))
+        except ValueError:
+            raise web.HTTPBadRequest() from None
+        if not 1 <= limit <= 64:
+            raise web.HTTPBadRequest()
+        # A small limit ends the lookup as soon as that many holders are known.
+        holders = await self.dht.find_providers(dht_key(bytes.fromhex(oid)), limit=limit)
         return web.json_response([{"host": h.host, "port": h.port} for h in holders])
 
     async def _api_peers(self, request: web.Request) -> web.Response:
