@@ -27,7 +27,6 @@ every interface) the address a peer observed it at, with its DHT and transfer po
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import ipaddress
@@ -303,6 +302,8 @@ def get(
         local = _local_get(store, what, target, force=force, progress=progress, on_total=on_total)
         if local is not None:
             return _name_from_link(store, link, local)
+        import asyncio  # here, not at the top: ~45 ms a local get does not pay
+
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -341,6 +342,8 @@ async def fetch(
     """`get` for code already inside an event loop; `output=None` fills the store only.
 
     A local restore runs on a worker thread, so the loop keeps running meanwhile."""
+    import asyncio
+
     started = time.monotonic()
     what, link, peers = _read_target(name_or_id, bootstrap)
     target = None if output is None else as_output(output)
@@ -453,6 +456,8 @@ def gc(*, home: Home = None) -> GcResult:
 
 
 def _run(coro_fn: Callable[[], object], what: str) -> object:
+    import asyncio
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:
