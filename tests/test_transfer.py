@@ -482,4 +482,4 @@ def test_transfer_errors_are_network_errors():
 
     for cls in (PeerBusy, PeerMissing, PeerError):
         assert issubclass(cls, TransferError) and issubclass(cls, NetworkError)
-    assert "10.0.0.1:80" in str(PeerError("10.0.0.1:80", "reset"))
+    assert "127.0.0.9:80" in str(PeerError("127.0.0.9:80", "reset"))
