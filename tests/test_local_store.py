@@ -245,3 +245,18 @@ def test_complete_manifests_are_recorded_for_a_store_made_before_the_table(
     assert store.complete_manifests() == [whole_id]
     assert not store.is_complete(partial_id)
     assert store.record_complete_manifests() == 0  # nothing new: idempotent
+
+
+def test_outputs_get_the_usual_mode_and_bad_names_are_input_errors(
+    store: Store, tmp_path: Path
+) -> None:
+    src = write_file(tmp_path / "m.bin", 1000, seed=11)
+    add_file(store, src, name="m")
+    old = os.umask(0o022)
+    try:
+        chunkstore.get("m", tmp_path / "out.bin", home=store)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "out.bin").st_mode) == 0o644
+    with pytest.raises(InputError, match="valid Unicode"):
+        add_file(store, src, name="bad\udcff")

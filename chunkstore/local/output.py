@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import stat
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,6 +36,23 @@ def as_output(output: str | os.PathLike[str] | BinaryIO) -> Output:
     return output
 
 
+def _create_partial(directory: Path, name: str) -> tuple[int, str]:
+    """A new, empty `.NAME.XXXXXXXX.partial` in `directory`, opened for writing.
+
+    Not mkstemp: its files are 0600, and the output must get the mode any new file gets here
+    (0666 less the umask, applied by the kernel), as with cp or a shell redirection."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    for _ in range(100):
+        tmp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.partial")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise InputError(f"cannot write in {directory}: {e.strerror}") from None
+    raise InputError(f"cannot write in {directory}: no free temporary name")
+
+
 @contextmanager
 def atomic_output(path: Path, *, force: bool = False) -> Iterator[BinaryIO]:
     """A file to write that appears at `path` only if the block completes.
@@ -62,10 +79,7 @@ def atomic_output(path: Path, *, force: bool = False) -> Iterator[BinaryIO]:
     if mode is not None and not force:
         raise OutputExists(str(path))
     directory = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=directory)
-    except OSError as e:
-        raise InputError(f"cannot write in {directory}: {e.strerror}") from None
+    fd, tmp = _create_partial(directory, path.name)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f

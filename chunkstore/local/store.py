@@ -70,7 +70,11 @@ def default_home() -> Path:
 
 def validate_name(name: str) -> str:
     """A name is any non-empty text of at most 255 bytes without control characters."""
-    if not name or len(name.encode()) > MAX_NAME_BYTES:
+    try:
+        encoded = name.encode()
+    except UnicodeEncodeError:  # lone surrogates (e.g. from undecodable file names)
+        raise InputError(f"a name must be valid Unicode text: {name!r}") from None
+    if not name or len(encoded) > MAX_NAME_BYTES:
         raise InputError(f"a name must be 1..{MAX_NAME_BYTES} bytes long")
     if any(ord(ch) < 32 for ch in name):
         raise InputError(f"a name must not contain control characters: {name!r}")
