@@ -20,11 +20,9 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import os
 import socket
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +31,9 @@ from typing import Any
 from kademlia.crawling import NodeSpiderCrawl, SpiderCrawl, ValueSpiderCrawl
 from kademlia.network import Server
 from kademlia.node import Node
-from kademlia.utils import digest
 
 from chunkstore.errors import InputError, NetworkError
+from chunkstore.net.handover import HandOver, OwnRecords
 from chunkstore.net.protocol import (
     DEFAULT_RPC_TIMEOUT,
     DHT_KEY_SIZE,
@@ -45,9 +43,9 @@ from chunkstore.net.protocol import (
     is_ip,
     is_key,
     is_port,
+    name_key,
 )
 from chunkstore.net.providers import Holder, ProviderStore
-from chunkstore.net.ratelimit import TokenBucket, acquire
 from chunkstore.objects.ids import ID_BYTES, looks_like_id, parse_id
 
 log = logging.getLogger(__name__)
@@ -57,19 +55,6 @@ DEFAULT_LOOKUP_TIMEOUT = 5.0
 PROVIDER_CULL_INTERVAL = 600.0
 CONTACTS_FORMAT = 1
 _WILDCARD_HOSTS = {"", "0.0.0.0", "::"}
-# Hand-over to contacts that join: contacts waiting (more are dropped: a flood of new ids
-# must not queue work without bound), contacts served at once, records per contact (its
-# share of our keys; a large store's tail waits for the regular re-announce), and one rate
-# for every hand-over request of this node.
-HANDOVER_QUEUE = 64
-HANDOVER_WORKERS = 2
-HANDOVER_MAX_RECORDS = 512
-HANDOVER_RATE = 100.0
-HANDOVER_BURST = 50.0
-# A contact handed its records is not handed them again for this long (it dropped out of the
-# table and came back, say): the regular announcing keeps them fresh meanwhile.
-HANDOVER_REPEAT_SECONDS = 600.0
-MAX_RECENT_HANDOVERS = 4096
 
 
 def dht_key(object_id: bytes) -> bytes:
@@ -79,11 +64,6 @@ def dht_key(object_id: bytes) -> bytes:
     return object_id[:DHT_KEY_SIZE]
 
 
-def name_key(name: str) -> bytes:
-    """The DHT key of a name record: the stock kademlia `digest` (SHA-1 of the UTF-8 name)."""
-    return digest(name)
-
-
 @dataclass(frozen=True, slots=True)
 class Contact:
     """A DHT node from the routing table."""
@@ -91,16 +71,6 @@ class Contact:
     node_id: bytes
     host: str
     port: int
-
-
-@dataclass(frozen=True)
-class OwnRecords:
-    """The records a node publishes itself, for handing to contacts that join: provider keys
-    (the DHT keys of the files it holds whole) at its transfer port, and its names."""
-
-    transfer_port: int | None = None
-    provider_keys: Sequence[bytes] = ()
-    names: Sequence[tuple[str, str]] = ()  # (name, manifest id hex)
 
 
 class _ProviderSpiderCrawl(SpiderCrawl):
@@ -207,11 +177,13 @@ class DhtNode:
         self._culler: asyncio.Task | None = None
         self._running = False
         # made in `start`: asyncio primitives belong to the loop that runs the node
-        self._joined: asyncio.Queue[tuple[Node, bool]] | None = None
-        self._queued: set[bytes] = set()  # ids of the contacts in `_joined`
-        self._handover_workers: list[asyncio.Task] = []
-        self._handover_rate = TokenBucket(HANDOVER_RATE, HANDOVER_BURST)
-        self._recent_handovers: OrderedDict[tuple[bytes, str, int], float] = OrderedDict()
+        self._handover = HandOver(
+            lambda: self._server.protocol,
+            self._server.node,
+            ksize,
+            lambda: self.own_records() if self.own_records is not None else OwnRecords(),
+            self._note_contact_gained,
+        )
         self._contacts_gained = 0
         self._contact_event: asyncio.Event | None = None
 
@@ -274,14 +246,10 @@ class DhtNode:
         self._running = True
         if host not in _WILDCARD_HOSTS:
             self._own_host = host
-        self._joined = asyncio.Queue(HANDOVER_QUEUE)
-        self._queued.clear()
         self._contact_event = asyncio.Event()
-        self._server.protocol.on_new_contact = self._contact_joined
+        self._server.protocol.on_new_contact = self._handover.contact_joined
         self._culler = asyncio.create_task(self._cull_regularly())
-        self._handover_workers = [
-            asyncio.create_task(self._hand_over_to_joiners()) for _ in range(HANDOVER_WORKERS)
-        ]
+        self._handover.start()
         return await self.bootstrap(bootstrap)
 
     async def stop(self) -> None:
@@ -290,15 +258,11 @@ class DhtNode:
             return
         self._running = False
         self._server.protocol.on_new_contact = None
-        tasks = [t for t in (self._culler, *self._handover_workers) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
+        if self._culler is not None:
+            self._culler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._handover_workers = []
-        self._joined = None
-        self._queued.clear()
+                await self._culler
+        await self._handover.stop()
         self._server.stop()
         await asyncio.sleep(0)  # let the transport deliver connection_lost
 
@@ -449,135 +413,11 @@ class DhtNode:
         os.replace(tmp, path)
         return len(contacts)
 
-    # -- contacts that join ------------------------------------------------------------------
-    def _contact_joined(self, node: Node, answered: bool) -> None:
-        """From the protocol, while a datagram is handled: queue the newcomer (never block)."""
-        if answered:
-            self._note_contact_gained()
-        if node.id in self._queued or self._joined is None:
-            return
-        try:
-            self._joined.put_nowait((node, answered))
-        except asyncio.QueueFull:
-            log.debug("hand-over queue full: %s gets no hand-over", node)
-            return
-        self._queued.add(node.id)
-
     def _note_contact_gained(self) -> None:
         self._contacts_gained += 1
         if self._contact_event is not None:
             event, self._contact_event = self._contact_event, asyncio.Event()
             event.set()
-
-    async def _hand_over_to_joiners(self) -> None:
-        queue = self._joined
-        assert queue is not None, "started by start()"
-        while True:
-            node, answered = await queue.get()
-            self._queued.discard(node.id)
-            try:
-                await self._welcome(node, answered)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # one contact's trouble must not end hand-overs for good
-                log.exception("hand-over to %s failed", node)
-
-    async def _welcome(self, node: Node, answered: bool) -> None:
-        address = (node.id, node.ip, node.port)
-        now = time.monotonic()
-        handed_lately = (
-            self._recent_handovers.get(address, -math.inf) > now - HANDOVER_REPEAT_SECONDS
-        )
-        names, provider_keys, transfer_port = (
-            ([], [], None) if handed_lately else await self._handover_records(node)
-        )
-        if not answered or names or provider_keys:
-            # Proof of address and id before anything is sent or believed: a request's source
-            # can be forged, an answer to our ping cannot (its message id is random).
-            await acquire(self._handover_rate, 1)
-            if await self.protocol.ping_address((node.ip, node.port)) != node.id:
-                log.debug("%s did not answer a ping with its id: no hand-over", node)
-                return
-            if not answered:
-                self._note_contact_gained()
-        if not names and not provider_keys:
-            return
-        self._recent_handovers[address] = now
-        self._recent_handovers.move_to_end(address)
-        while len(self._recent_handovers) > MAX_RECENT_HANDOVERS:
-            self._recent_handovers.popitem(last=False)
-        sent = 0
-        for key, value in names:
-            await acquire(self._handover_rate, 1)
-            accepted = await self.protocol.offer_value(node, key, value)
-            if accepted is None:
-                return  # gone
-            sent += accepted
-        for key in provider_keys if transfer_port is not None else ():
-            await acquire(self._handover_rate, 1)
-            accepted = await self.protocol.offer_provider(node, key, transfer_port)
-            if accepted is None:
-                break  # gone, or a stock kademlia node: it ignores add_provider
-            sent += accepted
-        log.debug("handed %d records to %s", sent, node)
-
-    async def _handover_records(
-        self, node: Node
-    ) -> tuple[list[tuple[bytes, Any]], list[bytes], int | None]:
-        """What a contact that joins should be handed: (name values as (key, value), provider
-        keys, our transfer port). Our own names and provider keys where it is among the k
-        closest contacts we know; then values others stored here where it is, and we are
-        closer than any other contact (the stock kademlia rule). At most
-        HANDOVER_MAX_RECORDS in all, our own first."""
-        own = self.own_records() if self.own_records is not None else OwnRecords()
-        others = [
-            n.long_id
-            for bucket in self._server.protocol.router.buckets
-            for n in bucket.get_nodes()
-            if n.id != node.id
-        ]
-        ksize = self._server.ksize
-        me = self._server.node.long_id
-        budget = HANDOVER_MAX_RECORDS
-        names: dict[bytes, Any] = {}
-        provider_keys: list[bytes] = []
-
-        def among_closest(key: bytes) -> bool:
-            target = int.from_bytes(key, "big")
-            distance = node.long_id ^ target
-            closer = 0
-            for other in others:
-                if other ^ target < distance:
-                    closer += 1
-                    if closer >= ksize:
-                        return False
-            return True
-
-        def we_are_closest(key: bytes) -> bool:
-            target = int.from_bytes(key, "big")
-            return all(me ^ target < other ^ target for other in others)
-
-        own_keys = own.provider_keys if own.transfer_port is not None else ()
-        sources = [  # (provider keys?, entries, wanted)
-            (False, ((name_key(name), value) for name, value in own.names), among_closest),
-            (True, ((key, None) for key in own_keys), among_closest),
-            (False, list(self._server.storage), lambda k: among_closest(k) and we_are_closest(k)),
-        ]
-        examined = 0
-        for providing, entries, wanted in sources:
-            for key, value in entries:
-                if len(names) + len(provider_keys) >= budget:
-                    break
-                examined += 1
-                if examined % 256 == 0:
-                    await asyncio.sleep(0)  # a large store: let datagrams through
-                if not wanted(key):
-                    continue
-                if providing:
-                    provider_keys.append(key)
-                else:
-                    names.setdefault(key, value)
-        return list(names.items()), provider_keys, own.transfer_port
 
     async def _closest_nodes(self, key: bytes) -> list[Node]:
         target = Node(key)

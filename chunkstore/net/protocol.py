@@ -17,6 +17,7 @@ from typing import Any
 from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 from kademlia.storage import ForgetfulStorage
+from kademlia.utils import digest
 from rpcudp.exceptions import MalformedMessage
 from rpcudp.protocol import RPCProtocol
 
@@ -49,6 +50,11 @@ INVALID = object()
 
 class BadRequest(Exception):
     """A request whose arguments are refused; it is logged and dropped unanswered."""
+
+
+def name_key(name: str) -> bytes:
+    """The DHT key of a name record: the stock kademlia `digest` (SHA-1 of the UTF-8 name)."""
+    return digest(name)
 
 
 def is_key(value: object) -> bool:
