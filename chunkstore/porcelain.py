@@ -380,16 +380,15 @@ async def _fetch_remote(
 ) -> GetResult:
     from chunkstore.net.download import fetch_file
     from chunkstore.net.lookup import LinkLookup, open_lookup
-    from chunkstore.net.node import Node, running_node
     from chunkstore.net.transfer_client import TransferClient
 
-    if not bootstrap and Node.serving(store.home) is None and running_node(store.home) is None:
-        raise _no_network(store, name_or_id, link)
     async with contextlib.AsyncExitStack() as stack:
         try:
             lookup: Lookup | None = await stack.enter_async_context(
                 open_lookup(store.home, bootstrap)
             )
+        except NoNetwork:  # the same verdict, said of what was asked for
+            raise _no_network(store, name_or_id, link) from None
         except BootstrapFailed:
             if link is None or not link.addresses:
                 raise
