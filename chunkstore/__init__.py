@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from chunkstore.errors import (
+    AmbiguousName,
     BootstrapFailed,
     ChunkstoreError,
     CorruptChunk,
@@ -43,6 +44,7 @@ from chunkstore.porcelain import (
     fetch,
     gc,
     get,
+    key,
     link,
     link_note,
     ls,
@@ -50,6 +52,9 @@ from chunkstore.porcelain import (
     providers,
     rm,
     stat,
+    trust,
+    trusted,
+    untrust,
     verify,
 )
 from chunkstore.results import (
@@ -68,6 +73,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AddResult",
+    "AmbiguousName",
     "BootstrapFailed",
     "ChunkerParams",
     "ChunkstoreError",
@@ -101,6 +107,7 @@ __all__ = [
     "fetch",
     "gc",
     "get",
+    "key",
     "link",
     "link_note",
     "ls",
@@ -108,6 +115,9 @@ __all__ = [
     "providers",
     "rm",
     "stat",
+    "trust",
+    "trusted",
+    "untrust",
     "verify",
 ]
 

@@ -6,7 +6,8 @@ command line's flags: the CLI adds those where it has one to offer.
     ChunkstoreError
     ├── InputError            a path, name, id or option cannot be used
     │   ├── OutputExists      the output exists and overwriting was not asked for
-    │   └── UnsafeOutputName  a name cannot serve as a file name in the current directory
+    │   ├── UnsafeOutputName  a name cannot serve as a file name in the current directory
+    │   └── AmbiguousName     several publishers have published a name: choose one
     ├── NotFound              an unknown name, manifest id or chunk id
     │   └── NoNetwork         the file is not (completely) local and no way to peers is known
     ├── CorruptChunk          bytes do not hash to the chunk id they were stored under
@@ -48,6 +49,23 @@ class UnsafeOutputName(InputError):
         self.name = name
         super().__init__(
             f"name {name!r} cannot be used as an output file name; give an output path"
+        )
+
+
+class AmbiguousName(InputError):
+    """A bare name that several publishers have published, none of them pinned for it here
+    or trusted (or several trusted): `name` and `publishers` (their keys' text forms), to
+    choose from with NAME@KEY or by trusting one."""
+
+    def __init__(self, name: str, publishers: list[str], detail: str = "") -> None:
+        self.name = name
+        self.publishers = publishers
+        self.detail = detail
+        super().__init__(
+            f"{len(publishers)} publishers have published {name!r}{detail}: "
+            + ", ".join(publishers)
+            + f"; choose one as {name}@KEY (a prefix of 8 or more characters will do), "
+            "or trust one"
         )
 
 

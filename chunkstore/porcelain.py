@@ -109,18 +109,27 @@ def add(
     progress: Progress | None = None,
 ) -> AddResult:
     """Chunk, hash, compress and store the file at `path` under `name` (default: its base
-    name), replacing what that name pointed at. `progress(n)` is called as bytes are read.
-    The result's `link` is a share link for it (see `link`).
+    name), replacing what that name pointed at, and sign this home's record of the name
+    (the next sequence number when it pointed elsewhere; a node serving the home publishes
+    it). `progress(n)` is called as bytes are read. The result's `link` is a share link for
+    it (see `link`).
 
     Raises InputError for a missing, unreadable or non-regular file or a bad name or level,
     StoreFull when the disk fills (the store keeps its last complete state)."""
     if not 1 <= level <= 22:
         raise InputError(f"zstd level must be 1..22, not {level}")
     params = _chunker(chunker)
+    from chunkstore.local.identity import load_identity
+    from chunkstore.local.own_names import record_own_name
+
     with open_store(home) as store:
+        identity = load_identity(store.home)  # before the add: a home that cannot sign fails early
         result = add_file(store, path, name=name, level=level, chunker=params, progress=progress)
+        mid = bytes.fromhex(result.manifest_id)
+        record_own_name(store, identity, result.name, mid)
+        store.sync()
         addresses, _ = _share_addresses(store.home)
-        token = Link(bytes.fromhex(result.manifest_id), result.name, addresses).encode()
+        token = Link(mid, result.name, addresses, identity.public_key).encode()
         return dataclasses.replace(result, link=token)
 
 
@@ -143,7 +152,20 @@ def link(name_or_id: str, *, home: Home = None) -> str:
         else:
             name = next((n for n, m in store.names() if m == mid), "")
         addresses, _ = _share_addresses(store.home)
-        return Link(mid, name, addresses).encode()
+        return Link(mid, name, addresses, _publisher_of(store, name)).encode()
+
+
+def _publisher_of(store: Store, name: str) -> bytes | None:
+    """Whose record gives `name` here: this home's (if it published it), else the publisher
+    it is pinned to; None when neither is known."""
+    if not name:
+        return None
+    own = store.own_record(name)
+    if own is not None:
+        from chunkstore.objects.name_record import KEY_BYTES
+
+        return own[1 : 1 + KEY_BYTES]  # the publisher field (checked when it was made)
+    return store.pinned_publisher(name) or None
 
 
 def link_note(*, home: Home = None) -> str:
@@ -237,6 +259,15 @@ def _no_network(store: Store, name_or_id: str, link: Link | None) -> NoNetwork:
     )
 
 
+def _asks_network(store: Store, what: str) -> bool:
+    """True when which file `what` means is for the network to say (NAME@KEY, or a name
+    pinned to a publisher, whose record may have changed); a way to the network is then
+    opened if there is one, and the local file is used only without one."""
+    from chunkstore.net.name_resolution import needs_network
+
+    return needs_network(store, what)
+
+
 def _read_target(
     name_or_id: str, bootstrap: Bootstrap
 ) -> tuple[str, Link | None, list[tuple[str, int]]]:
@@ -258,13 +289,16 @@ def _link_holders(link: Link) -> list[Holder]:
 
 
 def _name_from_link(store: Store, link: Link | None, result: GetResult) -> GetResult:
-    """After a get through a link: its name points at its file in the store (as after an
-    add, replacing what the name pointed at), and the result says so."""
-    if link is None or not link.name:
+    """After a get through a link: its name points at its file in the store (replacing what
+    the name pointed at, unless this home publishes that name itself), pinned to the link's
+    publisher, and the result says so."""
+    if link is None or not link.name or store.own_record(link.name) is not None:
         return result
     manifest = store.get_manifest(link.manifest_id)
     if manifest is not None:
-        store.put_manifest(manifest, name=link.name, announce=False)
+        store.put_manifest(
+            manifest, name=link.name, announce=False, publisher=link.publisher or b""
+        )
         store.sync()
         result.name = link.name
     return result
@@ -299,7 +333,11 @@ def get(
     what, link, peers = _read_target(name_or_id, bootstrap)
     target = as_output(output)
     with open_store(home) as store:
-        local = _local_get(store, what, target, force=force, progress=progress, on_total=on_total)
+        local = None
+        if not _asks_network(store, what):
+            local = _local_get(
+                store, what, target, force=force, progress=progress, on_total=on_total
+            )
         if local is not None:
             return _name_from_link(store, link, local)
         import asyncio  # here, not at the top: ~45 ms a local get does not pay
@@ -348,9 +386,11 @@ async def fetch(
     what, link, peers = _read_target(name_or_id, bootstrap)
     target = None if output is None else as_output(output)
     with open_store(home) as store:
-        local = await asyncio.to_thread(
-            _local_get, store, what, target, force=force, progress=progress, on_total=on_total
-        )
+        local = None
+        if not _asks_network(store, what):
+            local = await asyncio.to_thread(
+                _local_get, store, what, target, force=force, progress=progress, on_total=on_total
+            )
         if local is None:
             local = await _fetch_remote(
                 store,
@@ -388,6 +428,11 @@ async def _fetch_remote(
                 open_lookup(store.home, bootstrap)
             )
         except NoNetwork:  # the same verdict, said of what was asked for
+            local = _local_get(
+                store, name_or_id, output, force=force, progress=progress, on_total=on_total
+            )
+            if local is not None:  # a pinned name's last file: the best there is offline
+                return local
             raise _no_network(store, name_or_id, link) from None
         except BootstrapFailed:
             if link is None or not link.addresses:
@@ -440,11 +485,71 @@ def verify(
         return verify_store(store, name_or_id, progress)
 
 
-def rm(name: str, *, home: Home = None) -> RemoveResult:
-    """Drop a name; its chunks are freed by `gc` unless another file uses them.
-    Raises NotFound."""
+def rm(name: str, *, home: Home = None, unpublish: bool = False) -> RemoveResult:
+    """Drop a name; its chunks are freed by `gc` unless another file uses them. This home
+    stops publishing its record of the name (copies on other nodes expire within two days);
+    with `unpublish`, a signed removal replaces the record instead, which a node serving the
+    home publishes at once, so other nodes drop the name now. Raises NotFound for an unknown
+    name, InputError for `unpublish` of a name this home never published."""
     with open_store(home) as store:
-        return RemoveResult(name=name, manifest_id=store.remove_name(name).hex())
+        if unpublish:
+            from chunkstore.local.identity import load_identity
+            from chunkstore.local.own_names import read_own_record, record_own_name
+
+            current = read_own_record(store, name)
+            if current is None or current.removed:
+                raise InputError(
+                    f"{name!r} is not published from the store at {store.home}: "
+                    "nothing to unpublish"
+                )
+            record_own_name(store, load_identity(store.home), name, None)
+            mid = store.lookup_name(name)
+            if mid is not None:
+                store.remove_name(name)
+            store.sync()
+            return RemoveResult(name, (mid or current.manifest_id or b"").hex(), unpublished=True)
+        mid = store.remove_name(name)
+        own = store.own_record(name)
+        if own is not None:
+            store.drop_own_record(name, own)
+        store.sync()
+        return RemoveResult(name=name, manifest_id=mid.hex())
+
+
+def key(*, home: Home = None) -> str:
+    """This home's publisher key (its text form, as NAME@KEY and `trust` take it), made at
+    first use."""
+    from chunkstore.local.identity import load_identity
+
+    with open_store(home) as store:
+        return load_identity(store.home).key_text
+
+
+def trust(publisher: str, *, home: Home = None) -> bool:
+    """Trust a publisher (the text form of its key) for every name: a bare name it has
+    published resolves to its record when no record of this home or pinned publisher
+    decides. Returns False if it was trusted already. InputError for a malformed key."""
+    from chunkstore.objects.name_record import parse_key
+
+    with open_store(home) as store:
+        return store.trust(parse_key(publisher))
+
+
+def untrust(publisher: str, *, home: Home = None) -> bool:
+    """Stop trusting a publisher; False if it was not trusted. Names already pinned to it
+    stay pinned (`rm` the name to forget the pin)."""
+    from chunkstore.objects.name_record import parse_key
+
+    with open_store(home) as store:
+        return store.untrust(parse_key(publisher))
+
+
+def trusted(*, home: Home = None) -> list[str]:
+    """The publishers trusted in this home (text forms of their keys)."""
+    from chunkstore.objects.name_record import format_key
+
+    with open_store(home) as store:
+        return sorted(format_key(k) for k in store.trusted())
 
 
 def gc(*, home: Home = None) -> GcResult:

@@ -87,10 +87,12 @@ class VerifyReport:
 
 @dataclass(frozen=True)
 class RemoveResult:
-    """`chunkstore.rm`: the name dropped and the manifest it pointed at."""
+    """`chunkstore.rm`: the name dropped and the manifest it pointed at; `unpublished` when a
+    signed removal of the name replaced this home's record of it."""
 
     name: str
     manifest_id: str
+    unpublished: bool = False
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from chunkstore.net.addresses import parse_address
 from chunkstore.objects.chunking import FASTCDC, FIXED
 from chunkstore.objects.codec import DEFAULT_LEVEL
 from chunkstore.objects.link import looks_like_link
+from chunkstore.objects.name_syntax import split_name_spec
 from chunkstore.units import format_size, parse_rate, parse_size
 from chunkstore_cli.render import (
     emit,
@@ -101,7 +102,9 @@ def link(
 
 @app.command()
 def get(
-    name_or_id: Annotated[str, typer.Argument(help="File name, manifest id or share link.")],
+    name_or_id: Annotated[
+        str, typer.Argument(help="File name, NAME@KEY, manifest id or share link.")
+    ],
     output: Annotated[
         str | None,
         typer.Option("-o", "--output", help="Output path, or - for stdout (default: ./NAME)."),
@@ -114,7 +117,9 @@ def get(
     """Get a file: from the local store if complete, else from every peer that holds it.
 
     A share link (from `add` or `link`) needs no node and no --bootstrap: it says where to
-    join, and the file is saved under the link's name."""
+    join, and the file is saved under the link's name. A name means this home's own file,
+    else the publisher pinned for it here, else a trusted one, else the only one; NAME@KEY
+    means that publisher's (a key prefix of 8+ characters will do)."""
     with errors_as_messages():
         peers = [parse_address(a) for a in bootstrap or []]
         shared = chunkstore.Link.decode(name_or_id) if looks_like_link(name_or_id) else None
@@ -125,7 +130,7 @@ def get(
         elif shared is not None:
             target = Path(safe_output_name(shared.name or shared.manifest_id.hex()))
         else:
-            target = Path(safe_output_name(name_or_id))
+            target = Path(safe_output_name(split_name_spec(name_or_id)[0]))
         with progress_bar("get", None, not json and output != "-") as bar:
             try:
                 result = chunkstore.get(
@@ -223,16 +228,64 @@ def verify(
 @app.command()
 def rm(
     name: Annotated[str, typer.Argument(help="File name to remove.")],
+    unpublish: Annotated[
+        bool,
+        typer.Option(
+            "--unpublish", help="Publish a signed removal of the name (other nodes drop it now)."
+        ),
+    ] = False,
     home: HomeOpt = None,
     json: JsonOpt = False,
 ) -> None:
-    """Remove a name (its chunks are freed by gc)."""
+    """Remove a name (its chunks are freed by gc) and stop publishing it."""
     with errors_as_messages():
         emit(
-            chunkstore.rm(name, home=home),
+            chunkstore.rm(name, home=home, unpublish=unpublish),
             json,
-            lambda r: [f"removed {r.name} ({r.manifest_id[:16]}); run gc to free space"],
+            lambda r: [
+                f"removed {r.name} ({r.manifest_id[:16]}); run gc to free space",
+                *(
+                    ["unpublished: a serving node publishes the signed removal"]
+                    if r.unpublished
+                    else []
+                ),
+            ],
         )
+
+
+@app.command()
+def key(home: HomeOpt = None) -> None:
+    """Print this home's publisher key (others use it as NAME@KEY or with `trust`)."""
+    with errors_as_messages():
+        typer.echo(chunkstore.key(home=home))
+
+
+@app.command()
+def trust(
+    publisher: Annotated[
+        str | None, typer.Argument(help="Publisher key to trust (none: list the trusted).")
+    ] = None,
+    home: HomeOpt = None,
+) -> None:
+    """Trust a publisher for every name (a bare name it published resolves to its file)."""
+    with errors_as_messages():
+        if publisher is None:
+            for text in chunkstore.trusted(home=home):
+                typer.echo(text)
+            return
+        added = chunkstore.trust(publisher, home=home)
+        typer.echo(f"trusted {publisher.strip()}" + ("" if added else " (already)"))
+
+
+@app.command()
+def untrust(
+    publisher: Annotated[str, typer.Argument(help="Publisher key to stop trusting.")],
+    home: HomeOpt = None,
+) -> None:
+    """Stop trusting a publisher."""
+    with errors_as_messages():
+        removed = chunkstore.untrust(publisher, home=home)
+        typer.echo(f"untrusted {publisher.strip()}" + ("" if removed else " (was not trusted)"))
 
 
 @app.command()

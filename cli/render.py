@@ -21,6 +21,7 @@ from rich.progress import (
 )
 
 from chunkstore.errors import (
+    AmbiguousName,
     BootstrapFailed,
     ChunkstoreError,
     NoNetwork,
@@ -58,6 +59,13 @@ def message(e: ChunkstoreError) -> str:
             " or pass --bootstrap HOST:PORT" if e.bootstrap_helps else ""
         )
         return f"{e.detail}: {remedy}"
+    if isinstance(e, AmbiguousName):
+        return (
+            f"{len(e.publishers)} publishers have published {e.name!r}{e.detail}: "
+            + ", ".join(e.publishers)
+            + f"; choose one with `chunkstore get '{e.name}@KEY'` (8+ characters of the key "
+            "will do) or `chunkstore trust KEY`"
+        )
     if isinstance(e, BootstrapFailed):
         return "none of the --bootstrap addresses answered: " + ", ".join(e.addresses)
     return str(e)

@@ -101,3 +101,29 @@ def corrupt_stored_chunk(store, chunk_id: bytes) -> None:
     stored = bytearray(store.get_stored(chunk_id))
     stored[len(stored) // 2] ^= 0x55
     store._transact(lambda txn: txn.put(chunk_id, bytes(stored), db=store._chunks))
+
+
+def publisher(seed: int = 0):
+    """A publisher identity made from `seed` (the same seed, the same key)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from chunkstore.local.identity import Identity
+    from chunkstore.objects.name_record import public_key_of
+
+    key = Ed25519PrivateKey.from_private_bytes(bytes([seed % 256]) * 32)
+    return Identity(key, public_key_of(key))
+
+
+def signed_record(
+    name: str,
+    manifest_id: str | bytes | None,
+    *,
+    seed: int = 0,
+    seq: int = 1,
+    expires: float | None = None,
+):
+    """`name` -> `manifest_id` (hex or bytes; None: a removal), signed by `publisher(seed)`,
+    valid for a day unless `expires` says otherwise."""
+    mid = bytes.fromhex(manifest_id) if isinstance(manifest_id, str) else manifest_id
+    when = time.time() + 86400 if expires is None else expires
+    return publisher(seed).sign(name, mid, seq, int(when))

@@ -10,18 +10,17 @@ import umsgpack
 from kademlia.network import Server
 from kademlia.node import Node
 
-from chunkstore.errors import InputError, NetworkError
+from chunkstore.errors import NetworkError
 from chunkstore.net.dht import DhtNode, OwnRecords, dht_key, load_contacts, name_key
 from chunkstore.net.protocol import (
     INVALID,
     MAX_HOLDERS_PER_ANSWER,
     SELF_HOLDER_HOST,
     ChunkstoreProtocol,
-    NameStorage,
     parse_providers,
 )
 from chunkstore.net.providers import Holder
-from tests.helpers import wait_until_async
+from tests.helpers import signed_record, wait_until_async
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -173,35 +172,53 @@ def test_node_listening_on_a_wildcard_records_its_observed_address():
     run(main)
 
 
-def test_published_name_resolves_from_another_node_and_unknown_names_give_none():
+def test_name_records_of_several_publishers_coexist_and_newer_replace_older():
     async def main():
         async with swarm(5) as nodes:
-            assert await nodes[0].publish_name("bigfile.iso", MANIFEST) > 0
-            assert await nodes[3].resolve_name("bigfile.iso") == MANIFEST
-            await nodes[1].publish_name("bigfile.iso", OTHER_MANIFEST)  # names are mutable
-            assert await nodes[4].resolve_name("bigfile.iso") == OTHER_MANIFEST
+            first = signed_record("bigfile.iso", MANIFEST, seed=1)
+            assert await nodes[0].publish_record(first) > 0
+            assert await nodes[3].find_name_records("bigfile.iso") == [first]
+            # another publisher of the same name: both are kept, neither overwrites
+            other = signed_record("bigfile.iso", OTHER_MANIFEST, seed=2)
+            await nodes[1].publish_record(other)
+            found = await nodes[4].find_name_records("bigfile.iso")
+            assert {r.encoded for r in found} == {first.encoded, other.encoded}
+            # the first publisher's update replaces its own record only
+            update = signed_record("bigfile.iso", OTHER_MANIFEST, seed=1, seq=2)
+            await nodes[0].publish_record(update)
+            found = await nodes[2].find_name_records("bigfile.iso")
+            assert {r.encoded for r in found} == {update.encoded, other.encoded}
+            # and the old record, published again, changes nothing
+            await nodes[3].publish_record(first)
+            found = await nodes[4].find_name_records("bigfile.iso")
+            assert {r.encoded for r in found} == {update.encoded, other.encoded}
             rpcs = RpcLog(nodes[2])
-            assert await nodes[2].resolve_name("no-such-name") is None
+            assert await nodes[2].find_name_records("no-such-name") == []
             # The lookup ended because every node had answered, not on a timeout: each
             # other node was asked once, and every request got its answer.
-            asked = sorted(address for address, rpc, _ in rpcs.sent if rpc == "find_value")
+            asked = sorted(address for address, rpc, _ in rpcs.sent if rpc == "find_names")
             assert asked == sorted((LOCAL, n.port) for n in nodes if n is not nodes[2])
             assert rpcs.unanswered() == []
 
     run(main)
 
 
-def test_stock_kademlia_server_interoperates():
+def test_a_stock_kademlia_server_can_join_but_its_values_decide_nothing():
     async def main():
         async with swarm(3) as nodes:
-            await nodes[0].publish_name("shared.bin", MANIFEST)
+            await nodes[0].publish_record(signed_record("shared.bin", MANIFEST))
             stock = Server()
             await stock.listen(0, LOCAL)
             try:
                 await stock.bootstrap([(LOCAL, nodes[1].port)])
-                assert await stock.get("shared.bin") == MANIFEST
-                assert await stock.set("from-stock", OTHER_MANIFEST)
-                assert await nodes[2].resolve_name("from-stock") == OTHER_MANIFEST
+                assert {(c.host, c.port) for c in nodes[1].known_peers()} >= {
+                    stock.transport.get_extra_info("sockname")[:2]
+                }
+                assert await stock.get("shared.bin") is None  # no unsigned value to read
+                # (stock `set` reports success whatever the answers: it counts the replies)
+                await stock.set("from-stock", OTHER_MANIFEST)
+                assert all(list(n.protocol.storage) == [] for n in nodes)  # stored nowhere
+                assert await nodes[2].find_name_records("from-stock") == []
             finally:
                 stock.stop()
 
@@ -227,8 +244,10 @@ def test_garbage_datagrams_are_dropped_and_the_node_keeps_answering():
                 ["find_node", [nid, "not bytes"]],
                 ["find_value", [nid, b"x" * 21]],
                 ["store", [nid, key, ["a", "list"]]],
-                ["store", [nid, key, "x" * 5000]],
                 ["store", [nid, key]],
+                ["store_name", [nid, key]],
+                ["store_name", [nid, b"short", b"record"]],
+                ["find_names", [nid, "not bytes"]],
                 ["add_provider", [nid, key, 0]],
                 ["add_provider", [nid, key, 70000]],
                 ["add_provider", [nid, key, True]],
@@ -250,8 +269,9 @@ def test_garbage_datagrams_are_dropped_and_the_node_keeps_answering():
                 assert await answer(peer, ping) == nodes[0].node_id
                 assert peer.received.empty()
             assert await nodes[1].protocol.ping_address(target) == nodes[0].node_id
-            await nodes[1].publish_name("after-garbage", MANIFEST)
-            assert await nodes[0].resolve_name("after-garbage") == MANIFEST
+            record = signed_record("after-garbage", MANIFEST)
+            await nodes[1].publish_record(record)
+            assert await nodes[0].find_name_records("after-garbage") == [record]
 
     run(main)
 
@@ -320,7 +340,7 @@ def test_lookups_skip_a_dead_node_after_one_unanswered_request():
             assert Holder(LOCAL, 9300) in await nodes[1].find_providers(key)
             assert first.sent and first.to(dead) == [] and first.unanswered() == []
             # another node learns of the death the same way: at most one request to it
-            assert await nodes[2].resolve_name("unknown-after-death") is None
+            assert await nodes[2].find_name_records("unknown-after-death") == []
             assert len(other.to(dead)) <= 1 and other.unanswered() == other.to(dead)
 
     run(main)
@@ -330,7 +350,8 @@ def test_routing_contacts_survive_a_restart(tmp_path):
     async def main():
         path = tmp_path / "contacts.json"
         async with swarm(3) as nodes:
-            await nodes[1].publish_name("kept.iso", MANIFEST)
+            kept = signed_record("kept.iso", MANIFEST)
+            await nodes[1].publish_record(kept)
             assert nodes[0].save_contacts(path) == 2
             await nodes[0].stop()
             contacts = load_contacts(path)
@@ -338,7 +359,7 @@ def test_routing_contacts_survive_a_restart(tmp_path):
             restarted = DhtNode()
             try:
                 assert await restarted.start(LOCAL, 0, contacts) == 2
-                assert await restarted.resolve_name("kept.iso") == MANIFEST
+                assert await restarted.find_name_records("kept.iso") == [kept]
             finally:
                 await restarted.stop()
 
@@ -358,10 +379,9 @@ def test_a_lonely_node_serves_its_own_records():
             key = random_key()
             assert await node.announce(key, 9400) == 0  # nobody else to tell
             assert await node.find_providers(key) == [Holder(LOCAL, 9400)]
-            assert await node.publish_name("alone", MANIFEST) == 0
-            assert await node.resolve_name("alone") == MANIFEST
-            await node.publish_name("upper", MANIFEST.upper())
-            assert await node.resolve_name("upper") == MANIFEST
+            alone = signed_record("alone", MANIFEST)
+            assert await node.publish_record(alone) == 0
+            assert await node.find_name_records("alone") == [alone]
             assert node.known_peers() == []
 
     run(main)
@@ -384,10 +404,6 @@ def test_bad_arguments_are_refused():
                 await node.announce(os.urandom(20), 0)
             with pytest.raises(ValueError):
                 await node.announce_many([os.urandom(20), b"short"], 9000)
-            with pytest.raises(InputError):
-                await node.publish_name("x", "ABCD")
-            with pytest.raises(InputError):
-                await node.publish_name("", MANIFEST)
         # Nothing answers on port 9, whatever the timeout: a short one keeps the test quick.
         unreachable = DhtNode(rpc_timeout=0.2)
         try:
@@ -439,7 +455,7 @@ def test_get_providers_names_the_node_itself_for_what_its_store_holds():
     held = random_key()
     protocol = ChunkstoreProtocol(
         Node(os.urandom(20)),
-        NameStorage(),
+        None,
         20,
         local_holdings=lambda key: 4100 if key == held else None,
     )
@@ -481,10 +497,11 @@ def test_announce_many_reports_the_keys_nobody_accepted():
 
 def test_records_are_handed_to_the_first_contact_once_it_answers_a_ping():
     film, port = random_key(), 4100
+    film_record = signed_record("film.iso", MANIFEST)
 
     async def main():
         alone = DhtNode(
-            own_records=lambda: OwnRecords(port, [film], [("film.iso", MANIFEST)]),
+            own_records=lambda: OwnRecords(port, [film], [film_record]),
         )
         async with swarm(0):
             await alone.start(LOCAL, 0)
@@ -503,7 +520,8 @@ def test_records_are_handed_to_the_first_contact_once_it_answers_a_ping():
                     nid = os.urandom(20)
                     peer_t.sendto(request(["ping", [nid]]), target)
                     handed = []
-                    for what, reply in (("ping", nid), ("store", True), ("add_provider", True)):
+                    replies = (("ping", nid), ("store_name", True), ("add_provider", True))
+                    for what, reply in replies:
                         wanted = len(handed) + 1
                         await wait_until_async(
                             lambda wanted=wanted: len(peer.requests) >= wanted, f"a {what}"
@@ -513,7 +531,7 @@ def test_records_are_handed_to_the_first_contact_once_it_answers_a_ping():
                         peer_t.sendto(b"\x01" + msg_id + umsgpack.packb(reply), target)
                     assert handed == [
                         ("ping", [alone.node_id]),
-                        ("store", [alone.node_id, name_key("film.iso"), MANIFEST]),
+                        ("store_name", [alone.node_id, name_key("film.iso"), film_record.encoded]),
                         ("add_provider", [alone.node_id, film, port]),
                     ]
                     liar_address = liar_t.get_extra_info("sockname")
@@ -566,9 +584,10 @@ def test_a_contact_joining_closer_is_handed_the_records_it_should_hold():
     run(main)
 
 
-def test_a_stock_server_joining_is_handed_names_and_stays_a_contact():
+def test_a_stock_server_joining_stays_a_contact_though_it_ignores_our_records():
     async def main():
-        publisher = DhtNode(own_records=lambda: OwnRecords(4100, [random_key()], [("n", MANIFEST)]))
+        record = signed_record("n", MANIFEST)
+        publisher = DhtNode(own_records=lambda: OwnRecords(4100, [random_key()], [record]))
         await publisher.start(LOCAL, 0)
         rpcs = RpcLog(publisher)
         stock = Server()
@@ -578,13 +597,12 @@ def test_a_stock_server_joining_is_handed_names_and_stays_a_contact():
             address = stock.transport.get_extra_info("sockname")[:2]
             await wait_until_async(
                 lambda: (
-                    [answered for _, rpc, answered in rpcs.to(address) if rpc == "add_provider"]
+                    [answered for _, rpc, answered in rpcs.to(address) if rpc == "store_name"]
                     == [False]
                 ),
-                "the add_provider offer to go unanswered",
+                "the store_name offer to go unanswered",
             )
-            assert stock.storage.get(name_key("n")) == MANIFEST  # the name was handed over
-            # stock kademlia ignores add_provider: the node is not dropped for it
+            # stock kademlia ignores our RPCs: the node is not dropped for it
             assert [(c.host, c.port) for c in publisher.known_peers()] == [address]
         finally:
             stock.stop()

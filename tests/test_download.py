@@ -35,7 +35,13 @@ from chunkstore.net.transfer_client import TransferClient
 from chunkstore.net.transfer_server import TransferServer
 from chunkstore.objects.chunking import ChunkerParams
 from chunkstore.objects.manifest import Manifest
-from tests.helpers import MIB, corrupt_stored_chunk, wait_until_async, write_file
+from tests.helpers import (
+    MIB,
+    corrupt_stored_chunk,
+    signed_record,
+    wait_until_async,
+    write_file,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -47,15 +53,17 @@ NAME = "movie.bin"
 
 class FakeLookup:
     """A Lookup whose answers the test sets: every object is held by `holders`, and `names`
-    maps names to manifest ids (hex). Records what it was asked."""
+    maps names to manifest ids (hex), published by one publisher. Records what it was
+    asked."""
 
     def __init__(self, holders: list[Holder], names: dict[str, str] | None = None) -> None:
         self.holders = list(holders)
         self.names = dict(names or {})
         self.asked: list[bytes] = []
 
-    async def resolve_name(self, name: str) -> str | None:
-        return self.names.get(name)
+    async def find_name_records(self, name: str) -> list:
+        mid = self.names.get(name)
+        return [] if mid is None else [signed_record(name, mid)]
 
     async def find_providers(self, object_id: bytes) -> list[Holder]:
         self.asked.append(object_id)
@@ -589,11 +597,12 @@ def test_a_short_lived_lookup_is_used_before_a_silent_bootstrap_contact_answers(
             live = DhtNode()
             await live.start(HOST, 0)
             try:
-                await live.publish_name(NAME, mid)
+                record = signed_record(NAME, mid)
+                await live.publish_record(record)
                 await live.announce(dht_key(bytes.fromhex(mid)), 4242)
                 alive = (HOST, live.port)
                 async with open_lookup(tmp_path / "no-node", [dead, alive]) as lookup:
-                    assert await lookup.resolve_name(NAME) == mid
+                    assert await lookup.find_name_records(NAME) == [record]
                     assert Holder(HOST, 4242) in await lookup.find_providers(bytes.fromhex(mid))
                     # answered while the join through the silent contact still waits
                     assert dead not in patient_dht

@@ -23,7 +23,8 @@ import pytest
 
 import chunkstore
 from chunkstore.demo.local_swarm import LocalSwarm
-from chunkstore.local.store import validate_name
+from chunkstore.objects.name_record import parse_key
+from chunkstore.objects.name_syntax import validate_name
 from chunkstore.objects.link import (
     CHECKSUM_DOMAIN,
     MAX_ADDRESSES,
@@ -211,7 +212,7 @@ def test_damaged_and_cut_links_are_told_apart() -> None:
         (body_of(name=b"")[:33], "ends inside the name length"),
         (bytes([1]) + MID + bytes([9]) + b"abc", "ends inside the name"),
         (body_of(name=b"\xff\xfe"), "not UTF-8"),
-        (body_of(name=b"a\x1bb"), "control characters"),
+        (body_of(name=b"a\x1bb"), "printable"),
         (body_of(addresses=[v4(127, 0, 0, i, 1, 1) for i in range(1, 6)]), "5 addresses"),
         (body_of(addresses=[v4(127, 0, 0, 1, 1, 1)] * 2), "twice"),
         (body_of(addresses=[v4(127, 0, 0, 1, 0, 1)]), "DHT port"),
@@ -227,7 +228,8 @@ def test_damaged_and_cut_links_are_told_apart() -> None:
         (body_of(fields=b"\x81"), "ends inside the field length"),
         (body_of(fields=b"\x81\x05ab"), "ends inside the field"),
         (body_of(fields=b"\x82\x00\x81\x00"), "out of order"),
-        (body_of(fields=b"\x81\x00\x81\x00"), "out of order"),
+        (body_of(fields=b"\x82\x00\x82\x00"), "out of order"),
+        (body_of(fields=b"\x81\x05abcde"), "publisher key is not 32 bytes"),
     ],
 )
 def test_hostile_payloads(body: bytes, words: str) -> None:
@@ -235,9 +237,18 @@ def test_hostile_payloads(body: bytes, words: str) -> None:
 
 
 def test_optional_fields_of_later_versions_are_skipped() -> None:
-    fields = bytes([OPTIONAL_TAG | 1, 32]) + b"k" * 32 + bytes([0xFF, 0])
+    fields = bytes([OPTIONAL_TAG | 2, 32]) + b"k" * 32 + bytes([0xFF, 0])
     link = Link.decode(token_of(body_of(fields=fields)))
     assert link == Link(MID, "f.bin", (LOCAL,))
+
+
+def test_the_publisher_key_travels_in_a_link() -> None:
+    link = Link(MID, "f.bin", (LOCAL,), b"p" * 32)
+    assert Link.decode(link.encode()) == link
+    later = bytes([OPTIONAL_TAG | 1, 32]) + b"p" * 32 + bytes([0xFF, 0])  # and a later field
+    assert Link.decode(token_of(body_of(fields=later))).publisher == b"p" * 32
+    with pytest.raises(chunkstore.InputError, match="32 bytes"):
+        Link(MID, "f.bin", publisher=b"short")
 
 
 def test_random_garbage_never_escapes_as_anything_but_input_error() -> None:
@@ -288,7 +299,8 @@ def test_add_and_link_without_a_node(tmp_path: Path) -> None:
     src = write_file(tmp_path / "f.bin", MIB, seed=4)
     added = chunkstore.add(src, home=home, name="shared.bin")
     link = Link.decode(added.link)
-    assert link == Link(bytes.fromhex(added.manifest_id), "shared.bin")
+    publisher = parse_key(chunkstore.key(home=home))
+    assert link == Link(bytes.fromhex(added.manifest_id), "shared.bin", publisher=publisher)
     assert chunkstore.link("shared.bin", home=home) == added.link
     assert chunkstore.link(added.manifest_id, home=home) == added.link  # an id finds the name
     assert "no node serves" in chunkstore.link_note(home=home)

@@ -9,11 +9,12 @@ from pathlib import Path
 
 from chunkstore.errors import InputError
 from chunkstore.local.pipeline import BackgroundWriter, ordered_map
-from chunkstore.local.store import Store, validate_name
+from chunkstore.local.store import Store
 from chunkstore.objects.chunking import ChunkerParams, iter_chunks
 from chunkstore.objects.codec import DEFAULT_LEVEL, ChunkCodec
 from chunkstore.objects.ids import object_id
 from chunkstore.objects.manifest import ChunkRef, Manifest
+from chunkstore.objects.name_syntax import validate_name
 from chunkstore.results import AddResult
 
 # One LMDB transaction per this many stored bytes: big enough to amortise the commit,

@@ -15,6 +15,10 @@ Named databases:
   announce   kind byte + object id -> b"" : ids to announce on the DHT when a node runs;
              the kind leads the key so manifests (b"m") are read before chunks (b"c")
   leases     pid.n (ascii) -> b"" : writers in progress, so gc never frees their chunks
+  published  name (utf-8) -> this home's latest signed name record of it (a removal too)
+  name_pins  name (utf-8) -> publisher key of the file fetched under it (trust on first use;
+             b"": fetched through a link that named no publisher, never published here)
+  trusted    publisher key -> b"" : publishers the user trusts for every name
 
 LMDB serialises writers across processes and gives readers consistent snapshots, so the CLI
 and a running node can share one store. Writes use sync=False: a killed process loses nothing
@@ -39,6 +43,7 @@ from chunkstore.errors import ChunkstoreError, InputError, NotFound, StoreFull
 from chunkstore.local.memory import MappedFile
 from chunkstore.objects.ids import looks_like_id
 from chunkstore.objects.manifest import Manifest
+from chunkstore.objects.name_syntax import validate_name
 from chunkstore.results import GcResult
 
 # The map is virtual address space, not disk: Linux files stay sparse. Start large so growth
@@ -48,7 +53,6 @@ INITIAL_MAP_SIZE = 1 << 40
 LOW_DISK_BYTES = 64 * 1024 * 1024
 KIND_CHUNK = b"c"
 KIND_MANIFEST = b"m"
-MAX_NAME_BYTES = 255
 DATABASES = (
     "chunks",
     "chunk_index",
@@ -58,6 +62,9 @@ DATABASES = (
     "complete",
     "announce",
     "leases",
+    "published",
+    "name_pins",
+    "trusted",
 )
 T = TypeVar("T")
 _LENGTH = struct.Struct("<I")
@@ -66,19 +73,6 @@ _LENGTH = struct.Struct("<I")
 def default_home() -> Path:
     """$CHUNKSTORE_HOME, else ~/.chunkstore."""
     return Path(os.environ.get("CHUNKSTORE_HOME") or "~/.chunkstore").expanduser()
-
-
-def validate_name(name: str) -> str:
-    """A name is any non-empty text of at most 255 bytes without control characters."""
-    try:
-        encoded = name.encode()
-    except UnicodeEncodeError:  # lone surrogates (e.g. from undecodable file names)
-        raise InputError(f"a name must be valid Unicode text: {name!r}") from None
-    if not name or len(encoded) > MAX_NAME_BYTES:
-        raise InputError(f"a name must be 1..{MAX_NAME_BYTES} bytes long")
-    if any(ord(ch) < 32 for ch in name):
-        raise InputError(f"a name must not contain control characters: {name!r}")
-    return name
 
 
 def pid_alive(pid: int) -> bool:
@@ -149,6 +143,9 @@ class Store:
         self._complete = shared.dbs["complete"]
         self._announce = shared.dbs["announce"]
         self._leases = shared.dbs["leases"]
+        self._published = shared.dbs["published"]
+        self._name_pins = shared.dbs["name_pins"]
+        self._trusted = shared.dbs["trusted"]
 
     # -- life cycle -------------------------------------------------------------------------
     def close(self) -> None:
@@ -281,7 +278,12 @@ class Store:
 
     # -- manifests and names ----------------------------------------------------------------
     def put_manifest(
-        self, manifest: Manifest, name: str | None = None, pin: bool = False, announce: bool = True
+        self,
+        manifest: Manifest,
+        name: str | None = None,
+        pin: bool = False,
+        announce: bool = True,
+        publisher: bytes | None = None,
     ) -> bytes:
         """Store a manifest (and point `name` at it) atomically; returns its id.
 
@@ -290,7 +292,8 @@ class Store:
         missing is neither (a later put_manifest, or `record_complete_manifests`, records
         it once they are all there). announce=False is for a download in progress: it holds
         the manifest but not yet the file, and a peer that announced it would be asked for
-        chunks it does not have."""
+        chunks it does not have. `publisher` (with `name`) pins the name to the publisher
+        whose record it was fetched by (b"": none known), in the same transaction."""
         data = manifest.to_bytes()
         mid = manifest.id
         key = validate_name(name).encode() if name is not None else None
@@ -307,6 +310,8 @@ class Store:
                 txn.put(KIND_MANIFEST + mid, b"", db=self._announce)
             if key is not None:
                 txn.put(key, mid, db=self._names)
+                if publisher is not None:
+                    txn.put(key, publisher, db=self._name_pins)
             if pin:
                 txn.put(mid, b"", db=self._pins)
 
@@ -406,6 +411,7 @@ class Store:
             mid = txn.pop(name.encode(), db=self._names)
             if mid is None:
                 raise NotFound(f"no file named {name!r}")
+            txn.delete(name.encode(), db=self._name_pins)
             still_named = any(v == mid for _, v in txn.cursor(db=self._names))
             if not still_named and txn.get(mid, db=self._pins) is None:
                 txn.delete(mid, db=self._manifests)
@@ -413,6 +419,74 @@ class Store:
             return mid
 
         return self._transact(body)
+
+    # -- published names, pins and trusted publishers ----------------------------------------
+    def own_record(self, name: str) -> bytes | None:
+        """This home's latest signed record of `name` (encoded), or None."""
+        with self._read() as txn:
+            return txn.get(name.encode(), db=self._published)
+
+    def own_records(self) -> list[tuple[str, bytes]]:
+        """Every (name, encoded record) this home publishes, removals included."""
+        with self._read() as txn:
+            return [(k.decode(), bytes(v)) for k, v in txn.cursor(db=self._published)]
+
+    def put_own_record(self, name: str, encoded: bytes, previous: bytes | None) -> bool:
+        """Replace this home's record of `name` if it is still `previous` (None: none yet);
+        False when another process changed it meanwhile (the caller signs again). The name
+        is then this home's own: a pin to another publisher goes, in the same transaction."""
+        key = validate_name(name).encode()
+
+        def body(txn: lmdb.Transaction) -> bool:
+            current = txn.get(key, db=self._published)
+            if (None if current is None else bytes(current)) != previous:
+                return False
+            txn.put(key, encoded, db=self._published)
+            txn.delete(key, db=self._name_pins)
+            return True
+
+        return self._transact(body)
+
+    def drop_own_record(self, name: str, encoded: bytes) -> None:
+        """Forget this home's record of `name` if it is still `encoded` (an expired removal)."""
+
+        def body(txn: lmdb.Transaction) -> None:
+            if txn.get(name.encode(), db=self._published) == encoded:
+                txn.delete(name.encode(), db=self._published)
+
+        self._transact(body)
+
+    def pinned_publisher(self, name: str) -> bytes | None:
+        """The publisher `name` is pinned to here (b"": a link's file whose publisher is not
+        known), or None when it is pinned to nobody."""
+        with self._read() as txn:
+            value = txn.get(name.encode(), db=self._name_pins)
+        return None if value is None else bytes(value)
+
+    def unpinned_names(self) -> list[str]:
+        """Local names pinned to no publisher (made by `add` before names were signed, or
+        whose own record was not written): this home's own."""
+        with self._read() as txn:
+            return [
+                k.decode()
+                for k in txn.cursor(db=self._names).iternext(values=False)
+                if txn.get(k, db=self._name_pins) is None
+            ]
+
+    def trust(self, publisher: bytes) -> bool:
+        """Trust a publisher for every name; False if it was trusted already."""
+        return self._transact(
+            lambda txn: txn.put(publisher, b"", db=self._trusted, overwrite=False)
+        )
+
+    def untrust(self, publisher: bytes) -> bool:
+        """Stop trusting a publisher; False if it was not trusted."""
+        return self._transact(lambda txn: txn.delete(publisher, db=self._trusted))
+
+    def trusted(self) -> list[bytes]:
+        """The publishers trusted here."""
+        with self._read() as txn:
+            return [bytes(k) for k in txn.cursor(db=self._trusted).iternext(values=False)]
 
     def iter_manifests(self) -> Iterator[tuple[bytes, Manifest]]:
         """Every stored (manifest id, manifest), named or pinned."""

@@ -1,8 +1,10 @@
 """The DHT layer: name records and provider records over Kademlia (the `kademlia` package).
 
 Two record kinds travel in the DHT, never chunk bytes:
-- name record: name -> manifest id hex, through the stock STORE / FIND_VALUE RPCs, so a stock
-  `kademlia.network.Server` can bootstrap off our nodes and read names;
+- name record: a publisher's signed "name -> manifest id" (objects/name_record.py), through
+  two added RPCs, `store_name` and `find_names`; records of different publishers of a name
+  coexist, and every one is checked wherever it arrives. The stock STORE / FIND_VALUE hold
+  nothing (a stock `kademlia.network.Server` can still bootstrap off our nodes);
 - provider record: DHT key -> holders (host + HTTP transfer port), through two added RPCs,
   `add_provider` and `get_providers`, whose records merge instead of overwriting.
 
@@ -28,25 +30,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kademlia.crawling import NodeSpiderCrawl, SpiderCrawl, ValueSpiderCrawl
+from kademlia.crawling import NodeSpiderCrawl, SpiderCrawl
 from kademlia.network import Server
 from kademlia.node import Node
 
-from chunkstore.errors import InputError, NetworkError
+from chunkstore.errors import NetworkError
 from chunkstore.net.handover import HandOver, OwnRecords
+from chunkstore.net.name_records import NameRecordStore
 from chunkstore.net.protocol import (
     DEFAULT_RPC_TIMEOUT,
     DHT_KEY_SIZE,
     ChunkstoreProtocol,
     LocalHoldings,
-    NameStorage,
     is_ip,
     is_key,
     is_port,
     name_key,
 )
 from chunkstore.net.providers import Holder, ProviderStore
-from chunkstore.objects.ids import ID_BYTES, looks_like_id, parse_id
+from chunkstore.objects.ids import ID_BYTES
+from chunkstore.objects.name_record import NameRecord
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +111,51 @@ class _ProviderSpiderCrawl(SpiderCrawl):
         return await self.find()
 
 
+class _NameSpiderCrawl(SpiderCrawl):
+    """Iterative find_names lookup over the k closest nodes of a name's key, keeping each
+    publisher's newest checked record (`found`, shared with the caller so a timeout keeps
+    it). It asks every close node: another publisher, or a newer record, may be anywhere
+    among them."""
+
+    def __init__(
+        self,
+        protocol: ChunkstoreProtocol,
+        node: Node,
+        peers: list[Node],
+        ksize: int,
+        alpha: int,
+        found: dict[bytes, NameRecord],
+    ) -> None:
+        super().__init__(protocol, node, peers, ksize, alpha)
+        self.found = found
+
+    async def find(self) -> list[NameRecord]:
+        return await self._find(self.protocol.call_find_names)
+
+    async def _nodes_found(self, responses: dict) -> list[NameRecord]:
+        unreachable = []
+        for peer_id, (ok, answer) in responses.items():
+            if not ok:
+                unreachable.append(peer_id)
+                continue
+            records, nodes = answer
+            for record in records:
+                keep_newest(self.found, record)
+            self.nearest.push(nodes)
+        self.nearest.remove(unreachable)
+        if self.nearest.have_contacted_all():
+            return list(self.found.values())
+        return await self.find()
+
+
+def keep_newest(found: dict[bytes, NameRecord], record: NameRecord) -> None:
+    """Merge `record` into `found` (publisher -> record): a publisher's record replaces the
+    one kept only if it supersedes it."""
+    held = found.get(record.publisher)
+    if held is None or record.supersedes(held):
+        found[record.publisher] = record
+
+
 class _KademliaServer(Server):
     """The stock server, building our protocol with our timeout and provider store."""
 
@@ -122,8 +170,9 @@ class _KademliaServer(Server):
         rpc_timeout: float,
         local_holdings: LocalHoldings | None,
     ) -> None:
-        super().__init__(ksize=ksize, alpha=alpha, node_id=node_id, storage=NameStorage())
+        super().__init__(ksize=ksize, alpha=alpha, node_id=node_id)
         self.providers = providers
+        self.name_records = NameRecordStore()
         self.rpc_timeout = rpc_timeout
         self.local_holdings = local_holdings
 
@@ -135,6 +184,7 @@ class _KademliaServer(Server):
             providers=self.providers,
             wait_timeout=self.rpc_timeout,
             local_holdings=self.local_holdings,
+            name_records=self.name_records,
         )
 
 
@@ -203,6 +253,11 @@ class DhtNode:
         """The UDP port the node listens on (useful after `start(port=0)`)."""
         self._require_running()
         return self._server.transport.get_extra_info("sockname")[1]
+
+    @property
+    def name_records(self) -> NameRecordStore:
+        """The name records this node keeps (its own and those others stored here)."""
+        return self._server.name_records
 
     @property
     def protocol(self) -> ChunkstoreProtocol:
@@ -355,44 +410,35 @@ class DhtNode:
             await self._bounded(spider.find(), "find_providers")
         return list(found)[:limit]
 
-    async def publish_name(self, name: str, manifest_id_hex: str) -> int:
-        """Point `name` at a manifest id (64 hex characters; stored lowercase), locally and on
-        the k closest nodes, with the stock STORE so a stock `Server.get(name)` reads it.
-        Returns how many remote nodes stored it. Raises InputError for a malformed id."""
+    async def publish_record(self, record: NameRecord) -> int:
+        """Keep a signed name record (this node's own, usually) locally and on the k closest
+        nodes of its name's key; returns how many remote nodes accepted it."""
         self._require_running()
-        if not isinstance(name, str) or not name:
-            raise InputError("a name must be a non-empty string")
-        # canonical lowercase, so every reader gets the same string back
-        manifest_id_hex = parse_id(manifest_id_hex).hex()
-        key = name_key(name)
-        self._server.storage[key] = manifest_id_hex
+        key = name_key(record.name)
+        self.name_records.offer(key, record, time.time())
         nodes = await self._closest_nodes(key)
         results = await asyncio.gather(
-            *(self.protocol.call_store(n, key, manifest_id_hex) for n in nodes)
+            *(self.protocol.call_store_name(n, key, record.encoded) for n in nodes)
         )
         return sum(1 for ok, stored in results if ok and stored)
 
-    async def resolve_name(self, name: str) -> str | None:
-        """The manifest id hex `name` points at, or None if no node answers with one within
-        `lookup_timeout`."""
+    async def find_name_records(self, name: str) -> list[NameRecord]:
+        """Every publisher's newest live record of `name` (removals included) that this node
+        keeps or the k closest nodes of the name's key answer within `lookup_timeout`, each
+        checked on arrival. Never raises for network trouble."""
         self._require_running()
         key = name_key(name)
-        value = self._server.storage.get(key)
-        if value is None:
-            target = Node(key)
-            nearest = self._server.protocol.router.find_neighbors(target)
-            if not nearest:
-                return None
-            spider = ValueSpiderCrawl(
-                self.protocol, target, nearest, self._server.ksize, self._server.alpha
+        found: dict[bytes, NameRecord] = {}
+        for record in self.name_records.get(key, time.time()):
+            keep_newest(found, record)
+        target = Node(key)
+        nearest = self._server.protocol.router.find_neighbors(target)
+        if nearest:
+            spider = _NameSpiderCrawl(
+                self.protocol, target, nearest, self._server.ksize, self._server.alpha, found
             )
-            value = await self._bounded(spider.find(), "resolve_name")
-        if value is None:
-            return None
-        if not isinstance(value, str) or not looks_like_id(value):
-            log.warning("name %r points at %r, which is not a manifest id", name, value)
-            return None
-        return value.lower()
+            await self._bounded(spider.find(), "find_name_records")
+        return [r for r in found.values() if r.name == name]
 
     def known_peers(self) -> list[Contact]:
         """The contacts in the routing table."""
@@ -460,7 +506,8 @@ class DhtNode:
         while True:
             await asyncio.sleep(PROVIDER_CULL_INTERVAL)
             dropped = self.providers.cull(time.monotonic())
-            log.debug("culled %d expired provider records", dropped)
+            dropped_names = self.name_records.cull(time.time())
+            log.debug("culled %d provider and %d name records", dropped, dropped_names)
 
     def _require_running(self) -> None:
         if not self._running:

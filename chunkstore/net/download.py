@@ -36,11 +36,11 @@ from chunkstore.local.pipeline import BackgroundWriter
 from chunkstore.local.restore import restore
 from chunkstore.local.store import Store
 from chunkstore.net.lookup import Lookup, first_providers
+from chunkstore.net.name_resolution import resolve_target
 from chunkstore.net.providers import Holder
 from chunkstore.net.scheduler import DownloadScheduler, FailureKind, Request
 from chunkstore.net.transfer_client import TransferClient
 from chunkstore.objects.codec import ChunkCodec
-from chunkstore.objects.ids import looks_like_id
 from chunkstore.objects.manifest import Manifest
 from chunkstore.results import GetResult
 
@@ -68,19 +68,6 @@ FIRST_HOLDERS = ENOUGH_SOURCES
 # timeout.
 MANIFEST_PARALLEL = 3
 MANIFEST_STAGGER = 0.5
-
-
-async def resolve_manifest_id(store: Store, lookup: Lookup, name_or_id: str) -> bytes:
-    """A local name, a hex id, or a name published on the DHT, to a manifest id."""
-    local = store.lookup_name(name_or_id)
-    if local is not None:
-        return local
-    if looks_like_id(name_or_id):
-        return bytes.fromhex(name_or_id)
-    mid = await lookup.resolve_name(name_or_id)
-    if mid is None:
-        raise NotFound(f"no file named {name_or_id!r} locally or on the network")
-    return bytes.fromhex(mid)
 
 
 class PhaseClock:
@@ -506,7 +493,8 @@ async def fetch_file(
     of the manifest)."""
     clock = PhaseClock(started)
     clock.mark("join")
-    manifest_id = await resolve_manifest_id(store, lookup, name_or_id)
+    target = await resolve_target(store, lookup, name_or_id)
+    manifest_id = target.manifest_id
     clock.mark("name")
     search = HolderSearch(lookup, manifest_id, clock)
     try:
@@ -518,7 +506,7 @@ async def fetch_file(
         clock.mark("manifest")
         if on_total:
             on_total(manifest.size)
-        name = name_or_id if not looks_like_id(name_or_id) else ""
+        name = target.name
         with store.lease():
             if isinstance(output, Path) and _is_file_target(output):
                 with atomic_output(output, force=force) as f:
@@ -543,7 +531,7 @@ async def fetch_file(
                 sources = await job.run(search, stall_seconds)
                 if output is not None:
                     restore(store, manifest, output, force=force, progress=progress)
-            store.put_manifest(manifest, name=name or None, pin=True)
+            store.put_manifest(manifest, name=name or None, pin=True, publisher=target.publisher)
     finally:
         await search.close()
     store.sync()

@@ -4,10 +4,11 @@ Kademlia's join procedure has a node give a newcomer the values it should now ho
 `kademlia` package does that for STORE values in `welcome_if_new`, for any sender id and at
 once. Here: a newcomer is queued (bounded), must answer a ping with its own id before it is
 sent anything or counted (a request's source address can be forged, an answer to our random
-message id cannot), and is handed this node's own names and complete manifests for which it
-is now among the k closest contacts known (everything, for a first contact), then values
-other nodes stored here under the stock rule (it is among the k closest and we are the
-closest) — at most HANDOVER_MAX_RECORDS, at one shared rate for the whole node.
+message id cannot), and is handed this node's own name records and complete manifests for
+which it is now among the k closest contacts known (everything, for a first contact), then
+name records other nodes stored here under the stock rule (it is among the k closest and we
+are the closest; they are signed, so handing them on is safe) — at most
+HANDOVER_MAX_RECORDS, at one shared rate for the whole node.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from kademlia.node import Node
 
 from chunkstore.net.protocol import ChunkstoreProtocol, name_key
 from chunkstore.net.ratelimit import TokenBucket, acquire
+from chunkstore.objects.name_record import NameRecord
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class OwnRecords:
 
     transfer_port: int | None = None
     provider_keys: Sequence[bytes] = ()
-    names: Sequence[tuple[str, str]] = ()  # (name, manifest id hex)
+    names: Sequence[NameRecord] = ()  # its own signed name records
 
 
 class HandOver:
@@ -144,9 +145,9 @@ class HandOver:
         while len(self._recent) > MAX_RECENT_HANDOVERS:
             self._recent.popitem(last=False)
         sent = 0
-        for key, value in names:
+        for key, record in names:
             await acquire(self._rate, 1)
-            accepted = await self._protocol().offer_value(node, key, value)
+            accepted = await self._protocol().offer_name_record(node, key, record)
             if accepted is None:
                 return  # gone
             sent += accepted
@@ -160,11 +161,11 @@ class HandOver:
 
     async def records_for(
         self, node: Node
-    ) -> tuple[list[tuple[bytes, Any]], list[bytes], int | None]:
-        """What a contact that joins should be handed: (name values as (key, value), provider
-        keys, our transfer port). Our own names and provider keys where it is among the k
-        closest contacts we know; then values others stored here where it is, and we are
-        closer than any other contact (the stock kademlia rule). At most
+    ) -> tuple[list[tuple[bytes, bytes]], list[bytes], int | None]:
+        """What a contact that joins should be handed: (name records as (key, encoded),
+        provider keys, our transfer port). Our own name records and provider keys where it is
+        among the k closest contacts we know; then records others stored here where it is,
+        and we are closer than any other contact (the stock kademlia rule). At most
         HANDOVER_MAX_RECORDS in all, our own first."""
         own = self._own_records()
         others = [
@@ -176,7 +177,7 @@ class HandOver:
         ksize = self._ksize
         me = self._me.long_id
         budget = HANDOVER_MAX_RECORDS
-        names: dict[bytes, Any] = {}
+        names: dict[bytes, bytes] = {}  # encoded record -> key: each record once
         provider_keys: list[bytes] = []
 
         def among_closest(key: bytes) -> bool:
@@ -196,11 +197,11 @@ class HandOver:
 
         own_keys = own.provider_keys if own.transfer_port is not None else ()
         sources = [  # (provider keys?, entries, wanted)
-            (False, ((name_key(name), value) for name, value in own.names), among_closest),
+            (False, ((name_key(r.name), r.encoded) for r in own.names), among_closest),
             (True, ((key, None) for key in own_keys), among_closest),
             (
                 False,
-                list(self._protocol().storage),
+                [(k, r.encoded) for k, r in self._protocol().name_records.items(time.time())],
                 lambda k: among_closest(k) and we_are_closest(k),
             ),
         ]
@@ -217,5 +218,5 @@ class HandOver:
                 if providing:
                     provider_keys.append(key)
                 else:
-                    names.setdefault(key, value)
-        return list(names.items()), provider_keys, own.transfer_port
+                    names.setdefault(value, key)
+        return [(k, v) for v, k in names.items()], provider_keys, own.transfer_port

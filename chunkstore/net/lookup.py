@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,8 +25,9 @@ import aiohttp
 
 from chunkstore.errors import BootstrapFailed, NetworkError, NoNetwork
 from chunkstore.net.dht import DhtNode, dht_key
+from chunkstore.net.name_records import MAX_PUBLISHERS_PER_NAME
 from chunkstore.net.providers import Holder
-from chunkstore.objects.ids import looks_like_id
+from chunkstore.objects.name_record import InvalidRecord, NameRecord
 
 # A holder list is short: a cap bounds what a hostile local API answer could make us hold.
 MAX_HOLDERS = 64
@@ -37,8 +39,8 @@ JOIN_WAIT = 30.0
 class Lookup(Protocol):
     """What a download needs from the DHT."""
 
-    async def resolve_name(self, name: str) -> str | None:
-        """The manifest id (hex) a name points at on the network, or None."""
+    async def find_name_records(self, name: str) -> list[NameRecord]:
+        """Every publisher's newest valid record of `name` the network gives (checked)."""
 
     async def find_providers(self, object_id: bytes) -> list[Holder]:
         """Peers announcing that they hold `object_id` (possibly empty)."""
@@ -71,8 +73,8 @@ class DhtLookup:
     def __init__(self, dht: DhtNode) -> None:
         self.dht = dht
 
-    async def resolve_name(self, name: str) -> str | None:
-        return await self.dht.resolve_name(name)
+    async def find_name_records(self, name: str) -> list[NameRecord]:
+        return await self.dht.find_name_records(name)
 
     async def find_providers(self, object_id: bytes) -> list[Holder]:
         return await self.dht.find_providers(dht_key(object_id), limit=MAX_HOLDERS)
@@ -93,8 +95,8 @@ class LinkLookup:
         self.manifest_id = manifest_id
         self.holders = holders
 
-    async def resolve_name(self, name: str) -> str | None:
-        return None if self.inner is None else await self.inner.resolve_name(name)
+    async def find_name_records(self, name: str) -> list[NameRecord]:
+        return [] if self.inner is None else await self.inner.find_name_records(name)
 
     async def find_providers(self, object_id: bytes) -> list[Holder]:
         found: list[Holder] = []
@@ -142,10 +144,20 @@ class NodeApiLookup:
         except (aiohttp.ClientError, TimeoutError) as e:
             raise NetworkError(f"cannot reach the local node at {self.base_url}: {e}") from None
 
-    async def resolve_name(self, name: str) -> str | None:
+    async def find_name_records(self, name: str) -> list[NameRecord]:
         data = await self.get_json("/dht/names/" + quote(name, safe=""))
-        mid = data.get("manifest_id") if isinstance(data, dict) else None
-        return mid if isinstance(mid, str) and looks_like_id(mid) else None
+        raw = data.get("records") if isinstance(data, dict) else None
+        records = []
+        now = time.time()
+        # checked again here: the node's answer is bytes from another process
+        for item in raw[:MAX_PUBLISHERS_PER_NAME] if isinstance(raw, list) else []:
+            try:
+                record = NameRecord.decode(bytes.fromhex(item))
+            except (InvalidRecord, TypeError, ValueError):
+                continue
+            if record.name == name and record.is_live(now):
+                records.append(record)
+        return records
 
     async def find_providers(self, object_id: bytes) -> list[Holder]:
         return await self._providers(object_id, MAX_HOLDERS)

@@ -4,7 +4,8 @@ One runs per home (`chunkstore serve`, or `chunkstore.Node` in a program). It wr
 `node.json` in the home so that commands on the same machine use it (its DHT, through the
 local API on 127.0.0.1) instead of starting a DHT node of their own.
 
-Announcing: the store's queue (complete files' manifests first, then chunks) and its names.
+Announcing: the store's queue (complete files' manifests first, then chunks) and this home's
+own signed name records (re-signed before they expire; never names fetched from others).
 An id leaves the queue only once a remote node accepted it; the rest is retried with backoff
 (RetryBackoff), at once when a contact joins. Meanwhile the node answers provider queries for
 what its store holds whole, and hands its records to contacts that join (dht.py).
@@ -26,7 +27,9 @@ from typing import BinaryIO
 from aiohttp import web
 
 from chunkstore.errors import ChunkstoreError, InputError, NetworkError
+from chunkstore.local.identity import Identity, load_identity
 from chunkstore.local.output import as_output
+from chunkstore.local.own_names import read_own_record, record_own_name, refreshed
 from chunkstore.local.store import KIND_MANIFEST, Store
 from chunkstore.net.addresses import parse_addresses
 from chunkstore.net.dht import Contact, DhtNode, OwnRecords, dht_key, load_contacts
@@ -37,6 +40,7 @@ from chunkstore.net.providers import Holder
 from chunkstore.net.transfer_client import TransferClient
 from chunkstore.net.transfer_server import TransferServer
 from chunkstore.objects.ids import looks_like_id, parse_id
+from chunkstore.objects.name_record import NameRecord
 from chunkstore.results import GetResult
 
 log = logging.getLogger(__name__)
@@ -128,8 +132,10 @@ class Node:
         )
         self._api_runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task] = []
-        self._published: dict[str, bytes] = {}  # names some remote node stored
-        self._tried: dict[str, bytes] = {}  # names sent out at least once
+        self._published: dict[str, bytes] = {}  # records (encoded) some remote node stored
+        self._tried: dict[str, bytes] = {}  # records (encoded) sent out at least once
+        self._identity: Identity | None = None
+        self._decoded: dict[bytes, NameRecord] = {}
         self.info: NodeInfo | None = None
         self.loop: asyncio.AbstractEventLoop | None = None  # the loop it runs in
         self.announced = 0
@@ -176,6 +182,7 @@ class Node:
             pid = other.pid if other is not None else os.getpid()
             raise InputError(f"a node (pid {pid}) already serves {self.home}")
         saved = load_contacts(self.home / CONTACTS_FILE)
+        self._identity = load_identity(self.home)
         try:
             # Before the DHT answers anything: a store made before the `complete` table (or
             # a download stopped after its last chunk) learns which files it holds whole.
@@ -305,8 +312,20 @@ class Node:
         return OwnRecords(
             transfer_port=self.transfer.port,
             provider_keys=[dht_key(mid) for mid in self.store.complete_manifests()],
-            names=[(name, mid.hex()) for name, mid in self.store.names()],
+            names=self._own_name_records(),
         )
+
+    def _own_name_records(self) -> list[NameRecord]:
+        """This home's records, decoded once each (the announce loop asks every round)."""
+        records = []
+        decoded: dict[bytes, NameRecord] = {}
+        for name, data in self.store.own_records():
+            record = self._decoded.get(data) or read_own_record(self.store, name)
+            if record is not None and record.encoded == data:
+                decoded[data] = record
+                records.append(record)
+        self._decoded = decoded
+        return records
 
     async def announce_pending(self) -> int:
         """Announce one batch of the store's announce queue, and the names not yet stored by
@@ -357,17 +376,32 @@ class Node:
         return total
 
     async def publish_names(self, force: bool = False, retry: bool = True) -> int:
-        """Publish the store's names on the DHT: those new or changed since they were last
-        sent, those no remote node stored yet (with `retry`), or all (with `force`). Returns
-        how many of those sent no remote node stored (they are kept locally and retried)."""
+        """Publish this home's own name records on the DHT: those new or changed since they
+        were last sent, those no remote node stored yet (with `retry`), or all (with
+        `force`). Records signed longer ago than the re-announce interval are re-signed
+        first, removals are dropped once expired, and local names of no publisher (made by
+        an older chunkstore) become this home's own. Names fetched from other publishers
+        are never published. Returns how many of those sent no remote node stored."""
+        identity = self._identity
+        assert identity is not None, "set by start()"
+        for name in self.store.unpinned_names():
+            mid = self.store.lookup_name(name)
+            if mid is not None and self.store.own_record(name) is None:
+                record_own_name(self.store, identity, name, mid)
         refused = 0
-        for name, mid in self.store.names():
-            changed = self._tried.get(name) != mid
-            unpublished = self._published.get(name) != mid
+        now = time.time()
+        for record in self._own_name_records():
+            if record.removed and record.expires <= now:
+                self.store.drop_own_record(record.name, record.encoded)
+                continue
+            record = refreshed(self.store, identity, record, self.reannounce_seconds, now)
+            name = record.name
+            changed = self._tried.get(name) != record.encoded
+            unpublished = self._published.get(name) != record.encoded
             if force or changed or (retry and unpublished):
-                self._tried[name] = mid
-                if await self.dht.publish_name(name, mid.hex()) > 0:
-                    self._published[name] = mid
+                self._tried[name] = record.encoded
+                if await self.dht.publish_record(record) > 0:
+                    self._published[name] = record.encoded
                 else:
                     refused += 1
         return refused
@@ -431,10 +465,8 @@ class Node:
         return runner.addresses[0][1]
 
     async def _api_name(self, request: web.Request) -> web.Response:
-        mid = await self.dht.resolve_name(request.match_info["name"])
-        if mid is None:
-            raise web.HTTPNotFound()
-        return web.json_response({"manifest_id": mid})
+        records = await self.dht.find_name_records(request.match_info["name"])
+        return web.json_response({"records": [r.encoded.hex() for r in records]})
 
     async def _api_providers(self, request: web.Request) -> web.Response:
         oid = request.match_info["oid"]

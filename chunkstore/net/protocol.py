@@ -1,4 +1,4 @@
-"""The DHT wire protocol: kademlia's RPCs plus add_provider / get_providers.
+"""The DHT wire protocol: kademlia's RPCs plus provider records and signed name records.
 
 `ChunkstoreProtocol` subclasses kademlia's protocol (as the package invites) and keeps the
 stock RPCs wire-compatible; every argument from the network is validated, and a request
@@ -8,20 +8,22 @@ that fails validation is logged and dropped unanswered. `DhtNode` (dht.py) drive
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
-from kademlia.storage import ForgetfulStorage
-from kademlia.utils import digest
 from rpcudp.exceptions import MalformedMessage
 from rpcudp.protocol import RPCProtocol
 
+from chunkstore.net.name_records import MAX_PUBLISHERS_PER_NAME, NameRecordStore
 from chunkstore.net.providers import Holder, ProviderStore
+from chunkstore.objects.name_record import MAX_RECORD_BYTES, InvalidRecord, NameRecord
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +37,10 @@ MAX_HOLDERS_PER_ANSWER = 32
 # advertising dead ones, and each would otherwise cost a full RPC timeout per lookup.
 FAILED_NODE_QUARANTINE = 30.0
 MAX_QUARANTINED = 4096
-MAX_NAME_RECORDS = 100_000
-# A stored value must fit, with its key, in one request when we hand it on to another node
-# (rpcudp refuses requests over 8 KB); names only need 64 hex characters today.
-MAX_VALUE_BYTES = 4096
+# Name records already checked, by their bytes: the same record comes back from most of the
+# nodes a lookup asks, and a signature check costs ~50 us.
+VERIFIED_RECORDS_CACHE = 1024
+NAME_KEY_DOMAIN = b"chunkstore name\x00"
 # The host of a get_providers entry meaning "the answering node itself, at the address you
 # sent the question to": a node listening on every interface may not know its own address,
 # and the asker knows one that reaches it. Never a valid IP, so a peer that predates it
@@ -53,8 +55,9 @@ class BadRequest(Exception):
 
 
 def name_key(name: str) -> bytes:
-    """The DHT key of a name record: the stock kademlia `digest` (SHA-1 of the UTF-8 name)."""
-    return digest(name)
+    """The DHT key of a name's records: SHA-1 of a domain tag and the UTF-8 name (not the
+    stock kademlia `digest(name)`, so stock STOREs and our records never share a key)."""
+    return hashlib.sha1(NAME_KEY_DOMAIN + name.encode()).digest()
 
 
 def is_key(value: object) -> bool:
@@ -74,13 +77,6 @@ def is_ip(value: object) -> bool:
     except ValueError:
         return False
     return True
-
-
-def is_dht_value(value: object) -> bool:
-    # the types stock `Server.set` accepts, small enough to forward
-    if type(value) in (int, float, bool):
-        return True
-    return type(value) in (str, bytes) and len(value) <= MAX_VALUE_BYTES
 
 
 def parse_nodes(raw: object, limit: int) -> list[tuple[bytes, str, int]] | object:
@@ -119,29 +115,26 @@ def parse_providers(raw: object, asked_ip: str, node_limit: int) -> tuple | obje
     return list(holders), [Node(*n) for n in nodes]
 
 
-class NameStorage(ForgetfulStorage):
-    """The stock name-record storage with a cap on the number of records (oldest go first),
-    so peers storing junk cannot grow our memory without bound."""
-
-    def __init__(self, ttl: float = 604800, max_items: int = MAX_NAME_RECORDS) -> None:
-        super().__init__(ttl)
-        self.max_items = max_items
-
-    def __setitem__(self, key: bytes, value: Any) -> None:
-        super().__setitem__(key, value)
-        while len(self.data) > self.max_items:
-            self.data.popitem(last=False)
-
-
 # What a node holds itself: given a DHT key, its transfer port if its own store holds the
 # object whole (a chunk, or a manifest with every chunk), else None.
 LocalHoldings = Callable[[bytes], int | None]
 
 
 class ChunkstoreProtocol(KademliaProtocol):
-    """Kademlia's protocol plus provider records, with hardened request handling.
+    """Kademlia's protocol plus provider records and name records, with hardened request
+    handling.
 
-    Stock RPCs (ping, store, find_node, find_value) keep their wire format. Added RPCs:
+    Stock RPCs (ping, find_node) keep their wire format; stock store and find_value keep it
+    too but hold nothing: a STORE is answered False and stored nowhere, a FIND_VALUE is
+    answered with nodes only. Names are never decided by unsigned values, the stock hourly
+    republish has nothing to republish, and "the most common value wins" never applies.
+    Added RPCs:
+    - store_name(nodeid, key, record) -> bool: keeps a signed name record (see
+      objects/name_record.py) under `key` when it is valid, live, made for that key
+      (`name_key` of its name) and allowed by the merge rules of NameRecordStore; False
+      otherwise, and nothing changes;
+    - find_names(nodeid, key) -> {"records": [record, ...], "nodes": [[id, ip, port]]}: the
+      records kept under `key`, at most one per publisher;
     - add_provider(nodeid, key, transfer_port) -> True: records the *sender's observed address*
       with `transfer_port` as a holder of `key`;
     - get_providers(nodeid, key) -> {"providers": [[host, port], ...], "nodes": [[id, ip, port]]}:
@@ -163,12 +156,15 @@ class ChunkstoreProtocol(KademliaProtocol):
         providers: ProviderStore | None = None,
         wait_timeout: float = DEFAULT_RPC_TIMEOUT,
         local_holdings: LocalHoldings | None = None,
+        name_records: NameRecordStore | None = None,
     ) -> None:
         super().__init__(source_node, storage, ksize)
         # KademliaProtocol calls RPCProtocol.__init__() without arguments, i.e. with rpcudp's
         # 5 s default; run it again with ours (nothing is connected or pending yet).
         RPCProtocol.__init__(self, wait_timeout=wait_timeout)
         self.providers = providers if providers is not None else ProviderStore()
+        self.name_records = name_records if name_records is not None else NameRecordStore()
+        self._verified: OrderedDict[bytes, NameRecord] = OrderedDict()
         # key -> this node's transfer port when its own store holds that object whole
         self.local_holdings = local_holdings
         # Told of every contact that enters the routing table, and whether it got there by
@@ -216,18 +212,62 @@ class ChunkstoreProtocol(KademliaProtocol):
         return super().rpc_ping(sender, nodeid)
 
     def rpc_store(self, sender: tuple, nodeid: bytes, key: bytes, value: Any) -> bool:
+        # Unsigned values decide nothing here: a stock STORE is answered False and stored
+        # nowhere (a malformed one, as any bad request, is dropped unanswered).
         self._check_request(sender, nodeid, key)
-        if not is_dht_value(value):
-            raise BadRequest(f"value must be int, float, bool, str or bytes <= {MAX_VALUE_BYTES}")
-        return super().rpc_store(sender, nodeid, key, value)
+        if type(value) not in (int, float, bool, str, bytes):
+            raise BadRequest("a stock STORE value is int, float, bool, str or bytes")
+        log.debug("refused a stock STORE from %s", sender)
+        return False
 
     def rpc_find_node(self, sender: tuple, nodeid: bytes, key: bytes) -> list:
         self._check_request(sender, nodeid, key)
         return super().rpc_find_node(sender, nodeid, key)
 
     def rpc_find_value(self, sender: tuple, nodeid: bytes, key: bytes) -> Any:
+        # Nothing is stored with the stock STORE: always the closest nodes.
         self._check_request(sender, nodeid, key)
-        return super().rpc_find_value(sender, nodeid, key)
+        return super().rpc_find_node(sender, nodeid, key)
+
+    def rpc_store_name(self, sender: tuple, nodeid: bytes, key: bytes, record: Any) -> bool:
+        source = self._check_request(sender, nodeid, key)
+        checked = self.check_record(record, key)
+        if checked is None:
+            return False
+        self.welcome_if_new(source)
+        return self.name_records.offer(key, checked, time.time())
+
+    def rpc_find_names(self, sender: tuple, nodeid: bytes, key: bytes) -> dict:
+        source = self._check_request(sender, nodeid, key)
+        self.welcome_if_new(source)
+        records = self.name_records.get(key, time.time())[:MAX_PUBLISHERS_PER_NAME]
+        neighbors = self.router.find_neighbors(Node(key), exclude=source)
+        return {"records": [r.encoded for r in records], "nodes": [list(n) for n in neighbors]}
+
+    def check_record(self, data: object, key: bytes) -> NameRecord | None:
+        """The name record `data` encodes if it is valid, live now and made for `key`; else
+        None (logged). Every record from the network goes through here before it is kept,
+        answered, handed on or used."""
+        if not isinstance(data, bytes) or len(data) > MAX_RECORD_BYTES:
+            log.debug("refused a name record that is not bytes of a record's size")
+            return None
+        record = self._verified.get(data)
+        if record is None:
+            try:
+                record = NameRecord.decode(data)
+            except InvalidRecord as e:
+                log.debug("refused a name record: %s", e)
+                return None
+            self._verified[data] = record
+            while len(self._verified) > VERIFIED_RECORDS_CACHE:
+                self._verified.popitem(last=False)
+        if name_key(record.name) != key:
+            log.debug("refused a record of %r sent under another key", record.name)
+            return None
+        if not record.is_live(time.time()):
+            log.debug("refused an expired name record of %r", record.name)
+            return None
+        return record
 
     def rpc_add_provider(
         self, sender: tuple, nodeid: bytes, key: bytes, transfer_port: int
@@ -319,25 +359,39 @@ class ChunkstoreProtocol(KademliaProtocol):
     def _parse_node_list(self, answer: Any) -> Any:
         return parse_nodes(answer, self.router.ksize)
 
-    def _parse_find_value(self, answer: Any) -> Any:
-        if isinstance(answer, dict):
-            value = answer.get("value", INVALID)
-            return {"value": value} if is_dht_value(value) else INVALID
-        return self._parse_node_list(answer)
+    def _parse_find_names(self, answer: Any, key: bytes) -> Any:
+        """(records, node triples) from a find_names answer: each record checked as if it
+        were stored here (invalid ones dropped, the others kept); INVALID if not an answer."""
+        if not isinstance(answer, dict) or not isinstance(answer.get("records"), list):
+            return INVALID
+        nodes = parse_nodes(answer.get("nodes"), self.router.ksize)
+        if nodes is INVALID:
+            return INVALID
+        records = []
+        for item in answer["records"][:MAX_PUBLISHERS_PER_NAME]:
+            record = self.check_record(item, key)
+            if record is not None:
+                records.append(record)
+        return records, [Node(*n) for n in nodes]
 
     async def call_ping(self, node_to_ask: Node) -> tuple[bool, Any]:
         return await self._call(node_to_ask, "ping", (), lambda a: a if is_key(a) else INVALID)
 
-    async def call_store(self, node_to_ask: Node, key: bytes, value: Any) -> tuple[bool, Any]:
-        return await self._call(node_to_ask, "store", (key, value), lambda a: a is True)
+    async def call_store_name(
+        self, node_to_ask: Node, key: bytes, record: bytes
+    ) -> tuple[bool, bool]:
+        """Ask `node_to_ask` to keep a name record; (answered, accepted)."""
+        return await self._call(node_to_ask, "store_name", (key, record), lambda a: a is True)
+
+    async def call_find_names(self, node_to_ask: Node, node_to_find: Node) -> tuple[bool, Any]:
+        """(True, (checked records, closer nodes)) from `node_to_ask`, or (False, None)."""
+        key = node_to_find.id
+        return await self._call(
+            node_to_ask, "find_names", (key,), lambda a: self._parse_find_names(a, key)
+        )
 
     async def call_find_node(self, node_to_ask: Node, node_to_find: Node) -> tuple[bool, Any]:
         return await self._call(node_to_ask, "find_node", (node_to_find.id,), self._parse_node_list)
-
-    async def call_find_value(self, node_to_ask: Node, node_to_find: Node) -> tuple[bool, Any]:
-        return await self._call(
-            node_to_ask, "find_value", (node_to_find.id,), self._parse_find_value
-        )
 
     async def call_add_provider(
         self, node_to_ask: Node, key: bytes, transfer_port: int
@@ -366,11 +420,11 @@ class ChunkstoreProtocol(KademliaProtocol):
         )
         return (answer is True) if ok else None
 
-    async def offer_value(self, node: Node, key: bytes, value: Any) -> bool | None:
-        """Hand `node` a stored value (stock STORE) without touching the routing table; as
+    async def offer_name_record(self, node: Node, key: bytes, record: bytes) -> bool | None:
+        """Hand `node` a name record (store_name) without touching the routing table; as
         `offer_provider`."""
         ok, answer = await self._request(
-            (node.ip, node.port), "store", self.source_node.id, key, value
+            (node.ip, node.port), "store_name", self.source_node.id, key, record
         )
         return (answer is True) if ok else None
 

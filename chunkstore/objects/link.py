@@ -22,16 +22,20 @@ programs and most double-click selections, and never starts with `-`. Payload, v
     fields  zero or more (u8 tag, u8 length, value), tags ascending, none repeated
     4       checksum: the first 4 bytes of BLAKE3(CHECKSUM_DOMAIN + everything before it)
 
-The fields are the room left for what later versions add (the publisher's key, for signed
-names): a decoder skips a field whose tag has the high bit set (OPTIONAL_TAG) and does not
-know it, and refuses any other unknown tag, so a field that changes what a link means can
-never be silently ignored. Version 1 defines no field. The checksum turns a link damaged in
-copying into "copy it again" instead of a wrong id that no holder has.
+The fields are the room left for what later versions add: a decoder skips a field whose tag
+has the high bit set (OPTIONAL_TAG) and does not know it, and refuses any other unknown tag,
+so a field that changes what a link means can never be silently ignored. One field is
+defined: PUBLISHER_TAG (0x81), 32 bytes, the Ed25519 key of the publisher whose signed
+record gives the name (the receiver pins the name to it, so `get NAME` later follows that
+publisher's updates); optional, as the file itself is fixed by the manifest id. The
+checksum turns a link damaged in copying into "copy it again" instead of a wrong id that
+no holder has.
 
 Limits a user should know: an address is whatever the publisher's node knew when the link
 was made (the `serve` host, else the address a peer observed it at); a link with no
 address works only where a node can find the file through the DHT; loopback and private
-addresses are allowed (one machine, a LAN); nothing in the link proves who made it.
+addresses are allowed (one machine, a LAN); nothing in the link proves who made it (the
+file is proved by its manifest id; the publisher key only says whose updates to follow).
 """
 
 from __future__ import annotations
@@ -46,15 +50,14 @@ import blake3
 
 from chunkstore.errors import InputError
 from chunkstore.objects.ids import ID_BYTES
+from chunkstore.objects.name_syntax import MAX_NAME_BYTES, validate_name
 
 PREFIX = "chunkstore:"
 LINK_VERSION = 1
 MAX_ADDRESSES = 4
-# The same rule as a store name (chunkstore.local.store.validate_name): 1..255 bytes of
-# UTF-8 without control characters. Repeated here because objects/ must not import local/;
-# tests/test_links.py checks that both accept the same names.
-MAX_NAME_BYTES = 255
 OPTIONAL_TAG = 0x80
+PUBLISHER_TAG = OPTIONAL_TAG | 1
+PUBLISHER_BYTES = 32
 CHECKSUM_DOMAIN = b"chunkstore-link"
 CHECKSUM_BYTES = 4
 # Longest version-1 payload: version, id, 255-byte name, 4 IPv6 addresses, checksum. Fields
@@ -108,6 +111,7 @@ class Link:
     manifest_id: bytes
     name: str = ""
     addresses: tuple[LinkAddress, ...] = ()
+    publisher: bytes | None = None
     version: int = LINK_VERSION
 
     def __post_init__(self) -> None:
@@ -123,6 +127,10 @@ class Link:
             raise InputError(f"a link carries at most {MAX_ADDRESSES} addresses")
         if len(set(addresses)) != len(addresses):
             raise InputError("a link carries each address once")
+        if self.publisher is not None and (
+            not isinstance(self.publisher, bytes) or len(self.publisher) != PUBLISHER_BYTES
+        ):
+            raise InputError(f"a link's publisher key is {PUBLISHER_BYTES} bytes")
         object.__setattr__(self, "addresses", addresses)
 
     def encode(self) -> str:
@@ -131,6 +139,8 @@ class Link:
         parts = [bytes([self.version]), self.manifest_id, bytes([len(name)]), name]
         parts.append(bytes([len(self.addresses)]))
         parts += [_pack_address(a) for a in self.addresses]
+        if self.publisher is not None:
+            parts.append(bytes([PUBLISHER_TAG, PUBLISHER_BYTES]) + self.publisher)
         body = b"".join(parts)
         payload = body + _checksum(body)
         return PREFIX + base64.b32encode(payload).decode("ascii").rstrip("=").lower()
@@ -152,18 +162,10 @@ def _checksum(body: bytes) -> bytes:
     return blake3.blake3(CHECKSUM_DOMAIN + body).digest()[:CHECKSUM_BYTES]
 
 
-def _check_name(name: str) -> str:
+def _check_name(name: object) -> str:
     if not isinstance(name, str):
         raise InputError("a link's name must be text")
-    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
-        raise InputError(f"a name must be 1..{MAX_NAME_BYTES} bytes long")
-    if any(ord(ch) < 32 for ch in name):
-        raise InputError(f"a name must not contain control characters: {name!r}")
-    try:
-        name.encode()
-    except UnicodeEncodeError:
-        raise InputError(f"a name must be valid Unicode text: {name!r}") from None
-    return name
+    return validate_name(name) if name else name
 
 
 def _check_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -275,15 +277,20 @@ def _parse(body: bytes) -> Link:
             raise InputError(f"not a valid link: address {address.dht_address} is in it twice")
         addresses.append(address)
     last_tag = -1
+    publisher = None
     while reader.left:
         tag = reader.byte("field tag")
-        reader.take(reader.byte("field length"), "field")
+        value = reader.take(reader.byte("field length"), "field")
         if tag <= last_tag:
             raise InputError("not a valid link: its fields are out of order or repeated")
         last_tag = tag
-        if not tag & OPTIONAL_TAG:  # version 1 knows no field: an essential one is unreadable
+        if tag == PUBLISHER_TAG:
+            if len(value) != PUBLISHER_BYTES:
+                raise InputError("not a valid link: its publisher key is not 32 bytes")
+            publisher = value
+        elif not tag & OPTIONAL_TAG:  # an essential field we cannot read
             raise InputError(
                 f"this link has a field this chunkstore does not know (tag {tag}): "
                 "a newer chunkstore made it"
             )
-    return Link(manifest_id, name, tuple(addresses))
+    return Link(manifest_id, name, tuple(addresses), publisher)
