@@ -127,3 +127,22 @@ def signed_record(
     mid = bytes.fromhex(manifest_id) if isinstance(manifest_id, str) else manifest_id
     when = time.time() + 86400 if expires is None else expires
     return publisher(seed).sign(name, mid, seq, int(when))
+
+
+def name_records_seen(api_url: str, name: str) -> dict[str, str]:
+    """publisher key -> manifest id hex ("" for a removal) of the records of `name` that the
+    node with local API `api_url` finds in the DHT (each checked here again)."""
+    import json
+    import urllib.parse
+    import urllib.request
+
+    from chunkstore.objects.name_record import NameRecord
+
+    url = f"{api_url}/dht/names/{urllib.parse.quote(name, safe='')}"
+    with urllib.request.urlopen(url, timeout=15) as resp:
+        data = json.loads(resp.read())
+    found = {}
+    for item in data["records"]:
+        record = NameRecord.decode(bytes.fromhex(item))
+        found[record.publisher_text] = record.manifest_id.hex() if record.manifest_id else ""
+    return found

@@ -14,8 +14,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +24,7 @@ from chunkstore.demo.local_swarm import LocalSwarm, ServeProcess, node_stats, pr
 from chunkstore.local.store import Store
 from chunkstore.net.dht import dht_key
 from chunkstore.net.protocol import SELF_HOLDER_HOST
-from tests.helpers import MIB, file_hash, run_cli, wait_until, write_file
+from tests.helpers import MIB, file_hash, name_records_seen, run_cli, wait_until, write_file
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 
@@ -60,11 +58,8 @@ def name_published(node: ServeProcess, name: str) -> str:
     that, so that what follows tests finding, not that race."""
 
     def lookup() -> str | None:
-        try:
-            with urllib.request.urlopen(f"{node.info.api_url}/dht/names/{name}", timeout=5) as r:
-                return json.loads(r.read())["manifest_id"]
-        except urllib.error.HTTPError:
-            return None
+        found = name_records_seen(node.info.api_url, name)
+        return next(iter(found.values()), None)
 
     return wait_until(lookup, f"{name} to be published by {node.dht_address}", interval=0.1)
 

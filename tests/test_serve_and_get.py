@@ -6,7 +6,6 @@ something, it waits for a condition (chunks in a store), never for a fixed time.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -19,7 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kademlia.network import Server
 
 from chunkstore.demo.local_swarm import LocalSwarm, node_stats, providers_of, wait_for_providers
 from chunkstore.local.add import add_file
@@ -30,7 +28,6 @@ from tests.helpers import (
     file_hash,
     run_cli,
     wait_until,
-    wait_until_async,
     write_file,
 )
 
@@ -128,29 +125,6 @@ def test_five_nodes_get_from_two_holders(tmp_path: Path) -> None:
         }
         peers = json.loads(run_cli("peers", "--json", home=fetcher.home, check=True).stdout)
         assert len(peers) >= 3
-
-
-def test_stock_kademlia_server_reads_a_published_name(tmp_path: Path) -> None:
-    src = write_file(tmp_path / "pub.txt", 1000)
-    with LocalSwarm(3) as swarm:
-        mid = seed(swarm.nodes[1], src)
-        holders_found(swarm.nodes[2], mid)
-
-        async def stock_lookup() -> str | None:
-            server = Server()
-            await server.listen(0, interface="127.0.0.1")
-            try:
-                await server.bootstrap([("127.0.0.1", swarm.nodes[0].info.dht_port)])
-                return await wait_until_async(
-                    lambda: server.get("pub.txt"),
-                    "the stock server to read the name",
-                    timeout=10,
-                    interval=0.25,
-                )
-            finally:
-                server.stop()
-
-        assert asyncio.run(stock_lookup()) == mid
 
 
 def test_short_lived_node_with_bootstrap_and_unknown_name(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ from kademlia.network import Server
 from kademlia.node import Node
 
 from chunkstore.errors import NetworkError
+from chunkstore.net.crawl import crawl
 from chunkstore.net.handover import HandOver, OwnRecords
 from chunkstore.net.name_records import NameRecordStore
 from chunkstore.net.protocol import (
@@ -108,43 +109,6 @@ class _ProviderSpiderCrawl(SpiderCrawl):
         self.nearest.remove(unreachable)
         if len(self.found) >= self.limit or self.nearest.have_contacted_all():
             return list(self.found)[: self.limit]
-        return await self.find()
-
-
-class _NameSpiderCrawl(SpiderCrawl):
-    """Iterative find_names lookup over the k closest nodes of a name's key, keeping each
-    publisher's newest checked record (`found`, shared with the caller so a timeout keeps
-    it). It asks every close node: another publisher, or a newer record, may be anywhere
-    among them."""
-
-    def __init__(
-        self,
-        protocol: ChunkstoreProtocol,
-        node: Node,
-        peers: list[Node],
-        ksize: int,
-        alpha: int,
-        found: dict[bytes, NameRecord],
-    ) -> None:
-        super().__init__(protocol, node, peers, ksize, alpha)
-        self.found = found
-
-    async def find(self) -> list[NameRecord]:
-        return await self._find(self.protocol.call_find_names)
-
-    async def _nodes_found(self, responses: dict) -> list[NameRecord]:
-        unreachable = []
-        for peer_id, (ok, answer) in responses.items():
-            if not ok:
-                unreachable.append(peer_id)
-                continue
-            records, nodes = answer
-            for record in records:
-                keep_newest(self.found, record)
-            self.nearest.push(nodes)
-        self.nearest.remove(unreachable)
-        if self.nearest.have_contacted_all():
-            return list(self.found.values())
         return await self.find()
 
 
@@ -433,11 +397,25 @@ class DhtNode:
             keep_newest(found, record)
         target = Node(key)
         nearest = self._server.protocol.router.find_neighbors(target)
+
+        def take(node: Node, answer: Any) -> list[Node]:
+            records, closer = answer
+            for record in records:
+                keep_newest(found, record)
+            return closer
+
         if nearest:
-            spider = _NameSpiderCrawl(
-                self.protocol, target, nearest, self._server.ksize, self._server.alpha, found
+            # Every close node is asked (another publisher, or a newer record, may be on any
+            # of them), without waiting on departed ones (crawl.py).
+            lookup = crawl(
+                target,
+                nearest,
+                self._server.ksize,
+                self._server.alpha,
+                lambda node: self.protocol.call_find_names(node, target),
+                take,
             )
-            await self._bounded(spider.find(), "find_name_records")
+            await self._bounded(lookup, "find_name_records")
         return [r for r in found.values() if r.name == name]
 
     def known_peers(self) -> list[Contact]:

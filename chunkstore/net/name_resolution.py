@@ -7,7 +7,9 @@ A bare name is resolved in this order:
 3. publishers the user trusts (`trust`): one of them with a record wins, several are an
    AmbiguousName;
 4. the only publisher with a record (then pinned by the get);
-5. several publishers and none of the above: AmbiguousName, listing them.
+5. several publishers and none of the above: AmbiguousName, listing them; unless they all
+   point at the same file (homes that added the same file under the same name), which is
+   then fetched, the publisher that signed last pinned.
 `NAME@KEY` (KEY: the text form of a publisher key, or a prefix of it that only one
 publisher of the name has) always means that publisher's record.
 
@@ -81,15 +83,16 @@ def choose_record(
         return NameChoice(_not_removed(record), pin=False)
     published = [r for r in live.values() if not r.removed and r is not own]
     chosen = [r for r in published if r.publisher in trusted]
-    if len(chosen) > 1:
-        raise AmbiguousName(name, sorted(r.publisher_text for r in chosen), " (all trusted)")
     if not chosen:
         chosen = published
     if not chosen:
         raise NotFound(f"no file named {name!r} locally or on the network")
-    if len(chosen) > 1:
-        raise AmbiguousName(name, sorted(r.publisher_text for r in chosen))
-    return NameChoice(chosen[0], pin=True)
+    if len({r.manifest_id for r in chosen}) > 1:
+        keys = sorted(r.publisher_text for r in chosen)
+        raise AmbiguousName(name, keys, " (all trusted)" if chosen is not published else "")
+    # One file, whoever published it (several homes added the same file): the publisher
+    # that signed last is followed from now on.
+    return NameChoice(max(chosen, key=lambda r: (r.expires, r.publisher)), pin=True)
 
 
 def _not_removed(record: NameRecord) -> NameRecord:
@@ -161,7 +164,9 @@ async def resolve_target(store: Store, lookup: Lookup, text: str) -> Target:
             trusted=set(store.trusted()),
         )
     except NotFound:
-        if wanted is None and local is not None and pinned:
+        heard_from_pinned = any(r.publisher == pinned for r in records)
+        if wanted is None and local is not None and pinned and not heard_from_pinned:
+            # gone quiet (offline, expired), not unpublished: what was fetched still stands
             log.info("no record of %r by its pinned publisher: using the local file", name)
             return Target(local)
         raise
