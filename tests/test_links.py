@@ -23,8 +23,6 @@ import pytest
 
 import chunkstore
 from chunkstore.demo.local_swarm import LocalSwarm
-from chunkstore.objects.name_record import parse_key
-from chunkstore.objects.name_syntax import validate_name
 from chunkstore.objects.link import (
     CHECKSUM_DOMAIN,
     MAX_ADDRESSES,
@@ -35,6 +33,8 @@ from chunkstore.objects.link import (
     LinkAddress,
     looks_like_link,
 )
+from chunkstore.objects.name_record import parse_key
+from chunkstore.objects.name_syntax import validate_name
 from tests.helpers import MIB, file_hash, run_cli, wait_until, write_file
 
 MID = bytes(range(32))
