@@ -56,7 +56,9 @@ from chunkstore.net.node_file import running_node
 from chunkstore.net.providers import Holder
 from chunkstore.objects.chunking import FASTCDC, FIXED, ChunkerParams
 from chunkstore.objects.codec import DEFAULT_LEVEL
+from chunkstore.objects.ids import looks_like_id
 from chunkstore.objects.link import Link, LinkAddress, looks_like_link
+from chunkstore.objects.name_syntax import split_name_spec
 from chunkstore.results import (
     AddResult,
     FileEntry,
@@ -260,12 +262,17 @@ def _no_network(store: Store, name_or_id: str, link: Link | None) -> NoNetwork:
 
 
 def _asks_network(store: Store, what: str) -> bool:
-    """True when which file `what` means is for the network to say (NAME@KEY, or a name
-    pinned to a publisher, whose record may have changed); a way to the network is then
-    opened if there is one, and the local file is used only without one."""
-    from chunkstore.net.name_resolution import needs_network
-
-    return needs_network(store, what)
+    """True when which file `what` means is for the network to say (NAME@KEY, an unknown
+    name, or a name pinned to a publisher, whose record may have changed); a way to the
+    network is then opened if there is one, and the local file is used only without one.
+    Ids, share links' ids, this home's own names and names of no known publisher are
+    decided here, without loading the network code."""
+    if looks_like_id(what):
+        return False
+    name, wanted = split_name_spec(what)
+    if wanted is not None or store.lookup_name(name) is None:
+        return True
+    return store.own_record(name) is None and bool(store.pinned_publisher(name))
 
 
 def _read_target(

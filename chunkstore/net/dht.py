@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kademlia.crawling import NodeSpiderCrawl, SpiderCrawl
+from kademlia.crawling import NodeSpiderCrawl
 from kademlia.network import Server
 from kademlia.node import Node
 
@@ -75,41 +75,6 @@ class Contact:
     node_id: bytes
     host: str
     port: int
-
-
-class _ProviderSpiderCrawl(SpiderCrawl):
-    """Iterative get_providers lookup that stops as soon as `limit` holders are known."""
-
-    def __init__(
-        self,
-        protocol: ChunkstoreProtocol,
-        node: Node,
-        peers: list[Node],
-        ksize: int,
-        alpha: int,
-        limit: int,
-        found: dict[Holder, None],
-    ) -> None:
-        super().__init__(protocol, node, peers, ksize, alpha)
-        self.limit = limit
-        self.found = found  # an ordered set, shared with the caller so a timeout keeps it
-
-    async def find(self) -> list[Holder]:
-        return await self._find(self.protocol.call_get_providers)
-
-    async def _nodes_found(self, responses: dict) -> list[Holder]:
-        unreachable = []
-        for peer_id, (ok, answer) in responses.items():
-            if not ok:
-                unreachable.append(peer_id)
-                continue
-            holders, nodes = answer
-            self.found.update(dict.fromkeys(holders))
-            self.nearest.push(nodes)
-        self.nearest.remove(unreachable)
-        if len(self.found) >= self.limit or self.nearest.have_contacted_all():
-            return list(self.found)[: self.limit]
-        return await self.find()
 
 
 def keep_newest(found: dict[bytes, NameRecord], record: NameRecord) -> None:
@@ -361,17 +326,24 @@ class DhtNode:
         found = dict.fromkeys(self.providers.get(key, time.monotonic()))
         target = Node(key)
         nearest = self._server.protocol.router.find_neighbors(target)
+
+        def take(node: Node, answer: Any) -> list[Node]:
+            holders, closer = answer
+            found.update(dict.fromkeys(holders))
+            return closer
+
         if len(found) < limit and nearest:
-            spider = _ProviderSpiderCrawl(
-                self.protocol,
+            # stops at the answer that makes `limit` known, never waiting on departed nodes
+            lookup = crawl(
                 target,
                 nearest,
                 self._server.ksize,
                 self._server.alpha,
-                limit,
-                found,
+                lambda node: self.protocol.call_get_providers(node, target),
+                take,
+                done=lambda: len(found) >= limit,
             )
-            await self._bounded(spider.find(), "find_providers")
+            await self._bounded(lookup, "find_providers")
         return list(found)[:limit]
 
     async def publish_record(self, record: NameRecord) -> int:

@@ -32,7 +32,8 @@ class NameRecordStore:
         max_records: int = MAX_NAME_RECORDS,
         max_publishers: int = MAX_PUBLISHERS_PER_NAME,
     ) -> None:
-        self.max_records = max_records
+        # a name's full set always fits: the record just stored is never the one evicted
+        self.max_records = max(max_records, max_publishers)
         self.max_publishers = max_publishers
         self._by_key: OrderedDict[bytes, dict[bytes, NameRecord]] = OrderedDict()
         self._count = 0

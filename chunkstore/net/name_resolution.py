@@ -60,8 +60,10 @@ def choose_record(
     and this home's `own` record, `pinned` publisher and `trusted` publishers; `wanted` is
     the KEY of NAME@KEY. Raises NotFound (no such record, or its publisher removed it) or
     AmbiguousName (several publishers and nothing to choose by)."""
+    if own is not None and own.name != name:
+        own = None  # a record of another name is no record of this one
     live = {r.publisher: r for r in records if r.name == name and r.is_live(now)}
-    if own is not None and own.name == name:
+    if own is not None:
         live[own.publisher] = own  # ours, whatever its expiry: this home publishes it
     if wanted is not None:
         matching = [r for key, r in live.items() if format_key(key).startswith(wanted)]
@@ -109,20 +111,6 @@ class Target:
     manifest_id: bytes
     name: str = ""
     publisher: bytes | None = None
-
-
-def needs_network(store: Store, text: str) -> bool:
-    """Whether a get of `text` must ask the network which file it means even when a local
-    name exists: NAME@KEY, and a name pinned to a publisher (whose record may be newer).
-    Ids, share links, own names and names of no known publisher are decided here."""
-    if looks_like_id(text):
-        return False
-    name, wanted = split_name_spec(text)
-    if wanted is not None:
-        return True
-    if store.lookup_name(name) is None:
-        return True
-    return store.own_record(name) is None and bool(store.pinned_publisher(name))
 
 
 async def resolve_target(store: Store, lookup: Lookup, text: str) -> Target:

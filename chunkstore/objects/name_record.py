@@ -184,14 +184,18 @@ def sign_record(
     expires: int,
 ) -> NameRecord:
     """A record of `name` pointing at `manifest_id` (None: a removal), signed. InputError for
-    a bad name, id or sequence number."""
+    a bad name, id, sequence number or expiry."""
     validate_name(name)
     if manifest_id is not None and (
-        not isinstance(manifest_id, bytes) or len(manifest_id) != ID_BYTES
+        not isinstance(manifest_id, bytes)
+        or len(manifest_id) != ID_BYTES
+        or manifest_id == _ZERO_ID
     ):
-        raise InputError(f"a manifest id is {ID_BYTES} bytes")
+        raise InputError(f"a manifest id is {ID_BYTES} bytes, not all zero")
     if not 1 <= seq <= MAX_SEQ:
         raise InputError("a sequence number is 1..2**63-1")
+    if not 0 <= int(expires) < 1 << 64:
+        raise InputError("an expiry is a Unix time in 0..2**64-1")
     encoded_name = name.encode()
     kind = KIND_REMOVED if manifest_id is None else KIND_POINTS_AT
     body = (
