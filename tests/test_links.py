@@ -319,6 +319,25 @@ def test_get_by_link_from_the_local_store_names_the_file(tmp_path: Path) -> None
     assert {f.name for f in chunkstore.ls(home=home)} == {"first", "second"}
 
 
+def test_a_link_pins_its_name_to_its_publisher_and_never_makes_it_ours(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    src = write_file(tmp_path / "f.bin", 100_000, seed=6)
+    mid = bytes.fromhex(chunkstore.add(src, home=home, name="mine").manifest_id)
+    someone = b"s" * 32
+    chunkstore.get(Link(mid, "theirs", publisher=someone).encode(), tmp_path / "a", home=home)
+    chunkstore.get(Link(mid, "anonymous").encode(), tmp_path / "b", home=home)
+    with chunkstore.Store(home) as store:
+        assert store.pinned_publisher("theirs") == someone
+        assert store.pinned_publisher("anonymous") == b""  # no publisher known: local only
+        assert [name for name, _ in store.own_records()] == ["mine"]
+        assert store.unpinned_names() == ["mine"]
+    # a link to a name this home publishes leaves that name alone
+    other = write_file(tmp_path / "g.bin", 100_000, seed=7)
+    other_id = bytes.fromhex(chunkstore.add(other, home=home, name="g").manifest_id)
+    chunkstore.get(Link(other_id, "mine", publisher=someone).encode(), tmp_path / "c", home=home)
+    assert chunkstore.stat("mine", home=home).manifest_id == mid.hex()
+
+
 def test_get_by_link_with_no_way_to_the_network(tmp_path: Path) -> None:
     token = Link(MID, "f.bin").encode()
     with pytest.raises(chunkstore.NoNetwork, match="carries no address"):
