@@ -127,6 +127,10 @@ def test_trusting_a_publisher_decides_a_shared_name(tmp_path: Path) -> None:
             # the get pinned the name: untrusting changes nothing for it
             await chunkstore.fetch("report.pdf", out, home=reader, bootstrap=bootstrap, force=True)
             assert file_hash(out) == file_hash(sources[1])
+            # with no way to the network, a pinned name means the file last fetched under it
+            offline = tmp_path / "offline.bin"
+            await chunkstore.fetch("report.pdf", offline, home=reader)
+            assert file_hash(offline) == file_hash(sources[1])
             # NAME@KEY still reaches the other publisher
             other = tmp_path / "other.bin"
             await chunkstore.fetch(
