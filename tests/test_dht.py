@@ -287,8 +287,21 @@ def test_a_request_cannot_register_a_foreign_address():
                 transport.sendto(request(["add_provider", [nid, key, ["127.1.2.3", 4242]]]), target)
                 # The first answer is to the well-formed request sent after them: the two
                 # naming a foreign address were dropped unanswered.
+                # without a write token (a forged sender never sees one): refused
                 add = os.urandom(20)
                 transport.sendto(request(["add_provider", [nid, key, 4242]], add), target)
+                assert await answer(peer, add) is False
+                forged = os.urandom(20)
+                bad_token = request(["add_provider", [nid, key, 4242, b"\x00" * 8]], forged)
+                transport.sendto(bad_token, target)
+                assert await answer(peer, forged) is False
+                assert nodes[0].providers.get(key, time.monotonic()) == []
+                # with the token get_providers gave this address: recorded
+                get = os.urandom(20)
+                transport.sendto(request(["get_providers", [nid, key]], get), target)
+                token = (await answer(peer, get))["token"]
+                add = os.urandom(20)
+                transport.sendto(request(["add_provider", [nid, key, 4242, token]], add), target)
                 assert await answer(peer, add) is True
                 get = os.urandom(20)
                 transport.sendto(request(["get_providers", [nid, key]], get), target)
@@ -445,11 +458,13 @@ def test_the_self_marker_reads_as_the_address_asked():
         ],
         "nodes": [[b"n" * 20, "127.0.0.3", 4400], [b"short", "127.0.0.4", 4500]],
     }
-    holders, nodes = parse_providers(answer, "127.0.0.1", 20)
+    holders, nodes, token = parse_providers(answer, "127.0.0.1", 20)
     assert holders == [Holder("127.0.0.1", 4100), Holder("127.0.0.2", 4200)]
     assert [tuple(n) for n in nodes] == [(b"n" * 20, "127.0.0.3", 4400)]
+    assert token is None  # none given
+    assert parse_providers({**answer, "token": b"t" * 8}, "127.0.0.1", 20)[2] == b"t" * 8
     # the marker always means the node asked, never an address it chose
-    holders, _ = parse_providers({"providers": [["", 4100]], "nodes": []}, "127.0.0.9", 20)
+    holders, _, _ = parse_providers({"providers": [["", 4100]], "nodes": []}, "127.0.0.9", 20)
     assert holders == [Holder("127.0.0.9", 4100)]
     for bad in (None, [], {"providers": "x", "nodes": []}, {"providers": []}):
         assert parse_providers(bad, "127.0.0.1", 20) is INVALID
@@ -520,11 +535,17 @@ def test_records_are_handed_to_the_first_contact_once_it_answers_a_ping():
                     assert (rpc, args) == ("ping", [alone.node_id])
                     liar_t.sendto(b"\x01" + msg_id + umsgpack.packb(os.urandom(20)), target)
                     # one that answers with its id is handed the name, then (once the name
-                    # is acknowledged) the provider record
+                    # is acknowledged) asked for a write token, then given the provider record
                     nid = os.urandom(20)
                     peer_t.sendto(request(["ping", [nid]]), target)
                     handed = []
-                    replies = (("ping", nid), ("store_name", True), ("add_provider", True))
+                    token = b"w" * 8
+                    replies = (
+                        ("ping", nid),
+                        ("store_name", True),
+                        ("get_providers", {"providers": [], "nodes": [], "token": token}),
+                        ("add_provider", True),
+                    )
                     for what, reply in replies:
                         wanted = len(handed) + 1
                         await wait_until_async(
@@ -536,7 +557,8 @@ def test_records_are_handed_to_the_first_contact_once_it_answers_a_ping():
                     assert handed == [
                         ("ping", [alone.node_id]),
                         ("store_name", [alone.node_id, name_key("film.iso"), film_record.encoded]),
-                        ("add_provider", [alone.node_id, film, port]),
+                        ("get_providers", [alone.node_id, film]),
+                        ("add_provider", [alone.node_id, film, port, token]),
                     ]
                     liar_address = liar_t.get_extra_info("sockname")
                 assert [rpc for _, rpc, _ in rpcs.to(liar_address)] == ["ping"]

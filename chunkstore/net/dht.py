@@ -35,6 +35,7 @@ from kademlia.network import Server
 from kademlia.node import Node
 
 from chunkstore.errors import NetworkError
+from chunkstore.net.address_scope import scope_of
 from chunkstore.net.crawl import crawl
 from chunkstore.net.handover import HandOver, OwnRecords
 from chunkstore.net.name_records import NameRecordStore
@@ -229,7 +230,7 @@ class DhtNode:
             raise NetworkError(f"cannot listen for DHT traffic on {host}:{port}: {exc}") from exc
         self._running = True
         if host not in _WILDCARD_HOSTS:
-            self._own_host = host
+            self._learn_own_host(host)
         self._contact_event = asyncio.Event()
         self._server.protocol.on_new_contact = self._handover.contact_joined
         self._culler = asyncio.create_task(self._cull_regularly())
@@ -267,7 +268,7 @@ class DhtNode:
         )
         await self._bounded(spider.find(), "bootstrap")
         if self._own_host is None:
-            self._own_host = await self.protocol.observed_address((nodes[0].ip, nodes[0].port))
+            self._learn_own_host(await self.protocol.observed_address((nodes[0].ip, nodes[0].port)))
         return len(nodes)
 
     async def announce(self, key: bytes, transfer_port: int) -> int:
@@ -281,13 +282,14 @@ class DhtNode:
             raise ValueError(f"a DHT key is {DHT_KEY_SIZE} bytes; use dht_key()")
         if not is_port(transfer_port):
             raise ValueError("transfer port must be in 1..65535")
-        nodes = await self._closest_nodes(key)
-        if self._own_host is None and nodes:
-            self._own_host = await self.protocol.observed_address((nodes[0].ip, nodes[0].port))
+        closest = await self._closest_with_tokens(key)
+        if self._own_host is None and closest:
+            node = closest[0][0]
+            self._learn_own_host(await self.protocol.observed_address((node.ip, node.port)))
         if self._own_host is not None:
             self.providers.add(key, Holder(self._own_host, transfer_port), time.monotonic())
         results = await asyncio.gather(
-            *(self.protocol.call_add_provider(n, key, transfer_port) for n in nodes)
+            *(self.protocol.call_add_provider(n, key, transfer_port, t) for n, t in closest)
         )
         return sum(1 for ok, accepted in results if ok and accepted)
 
@@ -328,7 +330,7 @@ class DhtNode:
         nearest = self._server.protocol.router.find_neighbors(target)
 
         def take(node: Node, answer: Any) -> list[Node]:
-            holders, closer = answer
+            holders, closer, _ = answer
             found.update(dict.fromkeys(holders))
             return closer
 
@@ -414,6 +416,40 @@ class DhtNode:
         if self._contact_event is not None:
             event, self._contact_event = self._contact_event, asyncio.Event()
             event.set()
+
+    def _learn_own_host(self, host: str | None) -> None:
+        """Our address as peers reach us, and with it the scope of the addresses we accept
+        from others (address_scope.py)."""
+        self._own_host = host
+        if host is not None:
+            self._server.protocol.own_scope = scope_of(host)
+
+    async def _closest_with_tokens(self, key: bytes) -> list[tuple[Node, bytes | None]]:
+        """The k closest nodes to `key` that answered a get_providers, each with the write
+        token it gave us (what add_provider must present)."""
+        target = Node(key)
+        nearest = self._server.protocol.router.find_neighbors(target)
+        if not nearest:
+            log.info("no known DHT contacts: %s stays local", key.hex())
+            return []
+        answered: dict[bytes, tuple[Node, bytes | None]] = {}
+
+        def take(node: Node, answer: Any) -> list[Node]:
+            _, closer, token = answer
+            answered[node.id] = (node, token)
+            return closer
+
+        lookup = crawl(
+            target,
+            nearest,
+            self._server.ksize,
+            self._server.alpha,
+            lambda node: self.protocol.call_get_providers(node, target),
+            take,
+        )
+        await self._bounded(lookup, "announce lookup")  # on timeout: the closest seen so far
+        ranked = sorted(answered.values(), key=lambda entry: target.distance_to(entry[0]))
+        return ranked[: self._server.ksize]
 
     async def _closest_nodes(self, key: bytes) -> list[Node]:
         target = Node(key)

@@ -151,9 +151,14 @@ class HandOver:
             if accepted is None:
                 return  # gone
             sent += accepted
-        for key in provider_keys if transfer_port is not None else ():
+        token = None
+        if provider_keys and transfer_port is not None:
+            # one write token per contact: it is made for our IP, whatever the key
             await acquire(self._rate, 1)
-            accepted = await self._protocol().offer_provider(node, key, transfer_port)
+            token = await self._protocol().write_token(node, provider_keys[0])
+        for key in provider_keys if token is not None else ():
+            await acquire(self._rate, 1)
+            accepted = await self._protocol().offer_provider(node, key, transfer_port, token)
             if accepted is None:
                 break  # gone, or a stock kademlia node: it ignores add_provider
             sent += accepted

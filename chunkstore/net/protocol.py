@@ -21,8 +21,12 @@ from kademlia.protocol import KademliaProtocol
 from rpcudp.exceptions import MalformedMessage
 from rpcudp.protocol import RPCProtocol
 
+from chunkstore.net.address_scope import Scope, usable
+from chunkstore.net.contact_rules import ContactRules
 from chunkstore.net.name_records import MAX_PUBLISHERS_PER_NAME, NameRecordStore
 from chunkstore.net.providers import Holder, ProviderStore
+from chunkstore.net.request_budget import RequestBudget
+from chunkstore.net.write_tokens import WriteTokens
 from chunkstore.objects.name_record import MAX_RECORD_BYTES, InvalidRecord, NameRecord
 
 log = logging.getLogger(__name__)
@@ -41,6 +45,9 @@ MAX_QUARANTINED = 4096
 # nodes a lookup asks, and a signature check costs ~50 us.
 VERIFIED_RECORDS_CACHE = 1024
 NAME_KEY_DOMAIN = b"chunkstore name\x00"
+# rpcudp refuses to send a request whose payload exceeds 8 KB; anything much larger is not a
+# message of ours, and decoding one costs ~15 ms per 64 KiB before any check: dropped unread.
+MAX_DATAGRAM_BYTES = 8192 + 64
 # The host of a get_providers entry meaning "the answering node itself, at the address you
 # sent the question to": a node listening on every interface may not know its own address,
 # and the asker knows one that reaches it. Never a valid IP, so a peer that predates it
@@ -79,29 +86,35 @@ def is_ip(value: object) -> bool:
     return True
 
 
-def parse_nodes(raw: object, limit: int) -> list[tuple[bytes, str, int]] | object:
-    """Node triples from an answer, dropping malformed entries; INVALID if not a list."""
+def parse_nodes(
+    raw: object, limit: int, own_scope: Scope | None = None
+) -> list[tuple[bytes, str, int]] | object:
+    """Node triples from an answer, dropping malformed entries and addresses out of this
+    node's scope (`address_scope.usable`); INVALID if not a list."""
     if not isinstance(raw, list):
         return INVALID
     nodes = []
     for item in raw[:limit]:
         if isinstance(item, list) and len(item) == 3:
             node_id, ip, port = item
-            if is_key(node_id) and is_ip(ip) and is_port(port):
+            if is_key(node_id) and is_ip(ip) and is_port(port) and usable(ip, own_scope):
                 nodes.append((node_id, ip, port))
     return nodes
 
 
-def parse_providers(raw: object, asked_ip: str, node_limit: int) -> tuple | object:
-    """(holders, node triples) from a get_providers answer given by the node at `asked_ip`,
-    dropping malformed entries and duplicates; INVALID if the answer is not one at all.
+def parse_providers(
+    raw: object, asked_ip: str, node_limit: int, own_scope: Scope | None = None
+) -> tuple | object:
+    """(holders, node triples, write token or None) from a get_providers answer given by the
+    node at `asked_ip`, dropping malformed entries, duplicates and addresses out of this
+    node's scope; INVALID if the answer is not one at all.
 
     An entry whose host is SELF_HOLDER_HOST is the answering node itself: it becomes a holder
     at `asked_ip`, the address we reach it at (never one it chose)."""
     if not isinstance(raw, dict):
         return INVALID
     raw_holders = raw.get("providers")
-    nodes = parse_nodes(raw.get("nodes"), node_limit)
+    nodes = parse_nodes(raw.get("nodes"), node_limit, own_scope)
     if not isinstance(raw_holders, list) or nodes is INVALID:
         return INVALID
     holders: dict[Holder, None] = {}
@@ -110,9 +123,12 @@ def parse_providers(raw: object, asked_ip: str, node_limit: int) -> tuple | obje
             host, port = item
             if host == SELF_HOLDER_HOST:
                 host = asked_ip
+            elif not usable(host, own_scope):
+                continue
             if is_ip(host) and is_port(port):
                 holders[Holder(host, port)] = None
-    return list(holders), [Node(*n) for n in nodes]
+    token = raw.get("token")
+    return list(holders), [Node(*n) for n in nodes], token if isinstance(token, bytes) else None
 
 
 # What a node holds itself: given a DHT key, its transfer port if its own store holds the
@@ -135,13 +151,19 @@ class ChunkstoreProtocol(KademliaProtocol):
       otherwise, and nothing changes;
     - find_names(nodeid, key) -> {"records": [record, ...], "nodes": [[id, ip, port]]}: the
       records kept under `key`, at most one per publisher;
-    - add_provider(nodeid, key, transfer_port) -> True: records the *sender's observed address*
-      with `transfer_port` as a holder of `key`;
-    - get_providers(nodeid, key) -> {"providers": [[host, port], ...], "nodes": [[id, ip, port]]}:
-      the records stored here, led by ["", transfer_port] (SELF_HOLDER_HOST) when this node's
-      own store holds the object whole; the asker reads "" as the address it asked.
+    - add_provider(nodeid, key, transfer_port, token) -> bool: records the *sender's observed
+      address* with `transfer_port` as a holder of `key` if `token` is a write token this node
+      made for the sender's IP (write_tokens.py), else answers False and records nothing;
+    - get_providers(nodeid, key) -> {"providers": [[host, port], ...], "nodes": [[id, ip, port]],
+      "token": bytes}: the records stored here, led by ["", transfer_port] (SELF_HOLDER_HOST)
+      when this node's own store holds the object whole (the asker reads "" as the address it
+      asked), and a write token for the asker's IP.
     A request with malformed arguments is dropped unanswered; a datagram that does not decode
-    is dropped; neither ever raises into the event loop.
+    is dropped; neither ever raises into the event loop. A datagram over MAX_DATAGRAM_BYTES,
+    or a request beyond its sender IP's budget (request_budget.py), is dropped before it is
+    decoded. Addresses other nodes give (contacts, holders) out of this node's scope are
+    never used (address_scope.py); the routing table admits few contacts per address
+    (contact_rules.py).
 
     A contact entering the routing table is reported to `on_new_contact` instead of being sent
     every stored value at once (the stock `welcome_if_new`): whoever owns the protocol hands
@@ -165,6 +187,13 @@ class ChunkstoreProtocol(KademliaProtocol):
         self.providers = providers if providers is not None else ProviderStore()
         self.name_records = name_records if name_records is not None else NameRecordStore()
         self._verified: OrderedDict[bytes, NameRecord] = OrderedDict()
+        self.tokens = WriteTokens(time.monotonic())
+        self.budget = RequestBudget()
+        self.contact_rules = ContactRules()
+        # This node's address scope once it knows its address (set by DhtNode): addresses
+        # learnt from others that are narrower are never contacted (address_scope.py).
+        self.own_scope: Scope | None = None
+        self.dropped_datagrams = 0
         # key -> this node's transfer port when its own store holds that object whole
         self.local_holdings = local_holdings
         # Told of every contact that enters the routing table, and whether it got there by
@@ -174,6 +203,29 @@ class ChunkstoreProtocol(KademliaProtocol):
         self._quarantine: dict[tuple[str, int], float] = {}
 
     # --- incoming datagrams -------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        # Checked before anything is decoded or scheduled: size, then the sender's budget.
+        if len(data) > MAX_DATAGRAM_BYTES or (
+            data[:1] == b"\x00" and not self.budget.allow(addr[0], time.monotonic())
+        ):
+            self.dropped_datagrams += 1
+            return
+        super().datagram_received(data, addr)
+
+    def _accept_response(self, msg_id: bytes, data: Any, address: tuple) -> None:
+        # rpcudp logs a WARNING for every answer to no request: a flood of them would flood
+        # the log. Dropped quietly instead.
+        if msg_id not in self._outstanding:
+            log.debug("answer to no request from %s dropped", address)
+            return
+        super()._accept_response(msg_id, data, address)
+
+    def _timeout(self, msg_id: bytes) -> None:
+        # rpcudp logs an ERROR per unanswered request: routine with departed peers.
+        future, _ = self._outstanding.pop(msg_id, (None, None))
+        if future is not None and not future.done():
+            future.set_result((False, None))
 
     async def _solve_datagram(self, datagram: bytes, address: tuple) -> None:
         # rpcudp decodes in a fire-and-forget task: garbage would end it with an exception
@@ -270,11 +322,15 @@ class ChunkstoreProtocol(KademliaProtocol):
         return record
 
     def rpc_add_provider(
-        self, sender: tuple, nodeid: bytes, key: bytes, transfer_port: int
+        self, sender: tuple, nodeid: bytes, key: bytes, transfer_port: int, token: Any = None
     ) -> bool:
         source = self._check_request(sender, nodeid, key)
         if not is_port(transfer_port):
             raise BadRequest("transfer port must be an int in 1..65535")
+        if not self.tokens.valid(sender[0], token, time.monotonic()):
+            # no token made for this source IP: perhaps forged (write_tokens.py)
+            log.debug("add_provider from %s without a valid token refused", sender)
+            return False
         self.welcome_if_new(source)
         # Only the observed source address is recorded: a request cannot name another host,
         # so nobody can aim downloaders at a third party.
@@ -293,7 +349,11 @@ class ChunkstoreProtocol(KademliaProtocol):
         holders = self.providers.get(key, time.monotonic())
         entries += [[h.host, h.port] for h in holders[: MAX_HOLDERS_PER_ANSWER - len(entries)]]
         neighbors = self.router.find_neighbors(Node(key), exclude=source)
-        return {"providers": entries, "nodes": [list(n) for n in neighbors]}
+        return {
+            "providers": entries,
+            "nodes": [list(n) for n in neighbors],
+            "token": self.tokens.token_for(sender[0], time.monotonic()),
+        }
 
     # --- the routing table ----------------------------------------------------------------
 
@@ -310,6 +370,23 @@ class ChunkstoreProtocol(KademliaProtocol):
 
     def _welcome(self, node: Node, answered: bool) -> None:
         if not self.router.is_new_node(node):
+            return
+        table = [n for bucket in self.router.buckets for n in bucket.get_nodes()]
+        if answered:
+            # it answered from this address with this id: an older id there is gone
+            for other in table:
+                if (other.ip, other.port) == (node.ip, node.port) and other.id != node.id:
+                    self.router.remove_contact(other)
+            table = [n for n in table if (n.ip, n.port) != (node.ip, node.port)]
+        bucket = self.router.buckets[self.router.get_bucket_for(node)].get_nodes()
+        if not self.contact_rules.admits(
+            node.ip,
+            node.port,
+            node.id,
+            ((n.id, n.ip, n.port) for n in bucket),
+            ((n.id, n.ip, n.port) for n in table),
+        ):
+            log.debug("%s not admitted to the routing table (address diversity)", node)
             return
         self.router.add_contact(node)
         # A full bucket keeps the newcomer aside as a replacement: only a real entry counts.
@@ -357,14 +434,14 @@ class ChunkstoreProtocol(KademliaProtocol):
         return self.handle_call_response((ok, answer), node)
 
     def _parse_node_list(self, answer: Any) -> Any:
-        return parse_nodes(answer, self.router.ksize)
+        return parse_nodes(answer, self.router.ksize, self.own_scope)
 
     def _parse_find_names(self, answer: Any, key: bytes) -> Any:
         """(records, node triples) from a find_names answer: each record checked as if it
         were stored here (invalid ones dropped, the others kept); INVALID if not an answer."""
         if not isinstance(answer, dict) or not isinstance(answer.get("records"), list):
             return INVALID
-        nodes = parse_nodes(answer.get("nodes"), self.router.ksize)
+        nodes = parse_nodes(answer.get("nodes"), self.router.ksize, self.own_scope)
         if nodes is INVALID:
             return INVALID
         records = []
@@ -394,11 +471,12 @@ class ChunkstoreProtocol(KademliaProtocol):
         return await self._call(node_to_ask, "find_node", (node_to_find.id,), self._parse_node_list)
 
     async def call_add_provider(
-        self, node_to_ask: Node, key: bytes, transfer_port: int
+        self, node_to_ask: Node, key: bytes, transfer_port: int, token: bytes | None
     ) -> tuple[bool, bool]:
-        """Ask `node_to_ask` to record us as a holder of `key`; (answered, accepted)."""
+        """Ask `node_to_ask` to record us as a holder of `key`, presenting the write token it
+        gave us in a get_providers answer; (answered, accepted)."""
         return await self._call(
-            node_to_ask, "add_provider", (key, transfer_port), lambda a: a is True
+            node_to_ask, "add_provider", (key, transfer_port, token), lambda a: a is True
         )
 
     async def call_get_providers(self, node_to_ask: Node, node_to_find: Node) -> tuple[bool, Any]:
@@ -408,15 +486,28 @@ class ChunkstoreProtocol(KademliaProtocol):
             node_to_ask,
             "get_providers",
             (node_to_find.id,),
-            lambda answer: parse_providers(answer, node_to_ask.ip, self.router.ksize),
+            lambda answer: parse_providers(
+                answer, node_to_ask.ip, self.router.ksize, self.own_scope
+            ),
         )
 
-    async def offer_provider(self, node: Node, key: bytes, transfer_port: int) -> bool | None:
-        """Hand `node` our holder record of `key` (add_provider) without touching the routing
-        table: True if it accepted, False if it refused, None if it did not answer (gone, or
-        a stock kademlia node, which ignores add_provider)."""
+    async def write_token(self, node: Node, key: bytes) -> bytes | None:
+        """The write token `node` gives us (from a get_providers of `key`), without touching
+        the routing table; None if it did not answer or gave none."""
         ok, answer = await self._request(
-            (node.ip, node.port), "add_provider", self.source_node.id, key, transfer_port
+            (node.ip, node.port), "get_providers", self.source_node.id, key
+        )
+        token = answer.get("token") if ok and isinstance(answer, dict) else None
+        return token if isinstance(token, bytes) else None
+
+    async def offer_provider(
+        self, node: Node, key: bytes, transfer_port: int, token: bytes | None
+    ) -> bool | None:
+        """Hand `node` our holder record of `key` (add_provider, with its write token)
+        without touching the routing table: True if it accepted, False if it refused, None if
+        it did not answer (gone, or a stock kademlia node, which ignores add_provider)."""
+        ok, answer = await self._request(
+            (node.ip, node.port), "add_provider", self.source_node.id, key, transfer_port, token
         )
         return (answer is True) if ok else None
 
