@@ -8,12 +8,21 @@ callers and tests choose the clock.
 
 from __future__ import annotations
 
+import random
 from collections import OrderedDict
 from dataclasses import dataclass
+
+from chunkstore.net.address_scope import Scope, scope_of
 
 DEFAULT_TTL = 24 * 3600.0
 DEFAULT_MAX_HOLDERS_PER_KEY = 64
 DEFAULT_MAX_KEYS = 200_000
+# One IP with 64 ports filled a key's 64 slots, freshest first, pushing honest holders out: one
+# address keeps at most this many (a machine running a few nodes is plausible, 64 is not).
+DEFAULT_MAX_PER_IP = 4
+# Holders whose records expire within this many seconds of each other count as equally
+# fresh and are returned in random order: every asker would otherwise start on the same one.
+DEFAULT_SHUFFLE_WINDOW = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +43,9 @@ class ProviderStore:
     - `get` never returns an expired holder, and returns the freshest holders first.
     - at most `max_keys` keys are kept: adding to a new key beyond that evicts the key that
       was least recently added to.
+    - at most `max_per_ip` holders of one IP per key (loopback exempt with `relax_loopback`,
+      for test swarms on one machine): a new one replaces that IP's soonest-expiring holder.
+    - holders expiring within `shuffle_window` seconds of each other come back shuffled.
     """
 
     def __init__(
@@ -41,9 +53,15 @@ class ProviderStore:
         ttl: float = DEFAULT_TTL,
         max_holders_per_key: int = DEFAULT_MAX_HOLDERS_PER_KEY,
         max_keys: int = DEFAULT_MAX_KEYS,
+        max_per_ip: int = DEFAULT_MAX_PER_IP,
+        shuffle_window: float = DEFAULT_SHUFFLE_WINDOW,
+        relax_loopback: bool = True,
     ) -> None:
-        if ttl <= 0 or max_holders_per_key < 1 or max_keys < 1:
-            raise ValueError("ttl, max_holders_per_key and max_keys must be positive")
+        if ttl <= 0 or max_holders_per_key < 1 or max_keys < 1 or max_per_ip < 1:
+            raise ValueError("ttl, max_holders_per_key, max_keys and max_per_ip must be positive")
+        self.max_per_ip = max_per_ip
+        self.shuffle_window = shuffle_window
+        self.relax_loopback = relax_loopback
         self.ttl = ttl
         self.max_holders_per_key = max_holders_per_key
         self.max_keys = max_keys
@@ -62,6 +80,12 @@ class ProviderStore:
         else:
             self._records.move_to_end(key)
         expiry = now + self.ttl
+        if holder not in holders and not (
+            self.relax_loopback and scope_of(holder.host) is Scope.LOOPBACK
+        ):
+            same_ip = [h for h in holders if h.host == holder.host]
+            if len(same_ip) >= self.max_per_ip:
+                del holders[min(same_ip, key=holders.__getitem__)]
         holders[holder] = max(expiry, holders.get(holder, expiry))
         if len(holders) > self.max_holders_per_key:
             # drop expired ones first; if still full, the one that would expire first
@@ -70,7 +94,8 @@ class ProviderStore:
                 del holders[min(holders, key=holders.__getitem__)]
 
     def get(self, key: bytes, now: float) -> list[Holder]:
-        """The live holders of `key`, freshest (latest expiry) first; [] if none."""
+        """The live holders of `key`, freshest (latest expiry) first, shuffled among equally
+        fresh ones; [] if none."""
         holders = self._records.get(key)
         if holders is None:
             return []
@@ -78,7 +103,11 @@ class ProviderStore:
         if not holders:
             del self._records[key]
             return []
-        return sorted(holders, key=holders.__getitem__, reverse=True)
+        if self.shuffle_window <= 0:
+            return sorted(holders, key=holders.__getitem__, reverse=True)
+        window = self.shuffle_window
+        ranked = [(-(holders[h] // window), random.random(), h) for h in holders]
+        return [h for _, _, h in sorted(ranked, key=lambda r: (r[0], r[1]))]
 
     def cull(self, now: float) -> int:
         """Forget every expired holder and every key left empty; returns how many holders went."""
