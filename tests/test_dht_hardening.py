@@ -20,7 +20,7 @@ from chunkstore.net.address_scope import Scope, scope_of, usable
 from chunkstore.net.contact_rules import ContactRules
 from chunkstore.net.dht import DhtNode
 from chunkstore.net.protocol import MAX_DATAGRAM_BYTES, name_key
-from chunkstore.net.request_budget import RequestBudget
+from chunkstore.net.request_budget import ReplyBudget, RequestBudget
 from chunkstore.net.write_tokens import ROTATE_SECONDS, WriteTokens
 from tests.helpers import signed_record
 from tests.test_dht import LOCAL, answer, raw_socket, request, run
@@ -237,3 +237,46 @@ def test_a_fresh_id_ping_brings_back_little_and_the_transfer_port_stays_quick(
         print(f"fresh-id pings: {sent} bytes sent, {received} back; /health worst {worst:.3f} s")
         assert received <= 10 * sent, (received, sent)
         assert worst < 0.3, worst
+
+
+def test_answers_to_an_unproven_address_stay_within_its_byte_budget():
+    """The largest answer (find_names with 12 records, ~5 KB for a ~80-byte request) asked
+    for from a socket that never answered the node: what it sends that address is bounded by
+    the reply budget, while a proven address (one that answered the node) is not limited."""
+
+    async def main():
+        node = DhtNode()
+        await node.start(LOCAL, 0)
+        node.protocol.reply_budget = ReplyBudget(rate=10_000, burst=20_000, relax_loopback=False)
+        try:
+            name = "popular.iso"
+            for seed in range(12):
+                node.name_records.offer(
+                    name_key(name), signed_record(name, "ab" * 32, seed=seed), time.time()
+                )
+            target = (LOCAL, node.port)
+            async with raw_socket() as (transport, peer):
+                started = time.monotonic()
+                for _ in range(100):
+                    ask = ["find_names", [os.urandom(20), name_key(name)]]
+                    transport.sendto(request(ask), target)
+                    await asyncio.sleep(0.001)
+                await asyncio.sleep(0.3)
+                elapsed = time.monotonic() - started
+                received = 0
+                while not peer.received.empty():
+                    received += len(peer.received.get_nowait())
+            assert 0 < received <= 20_000 + 10_000 * elapsed + 6000, (received, elapsed)
+            assert node.protocol.reply_budget.refused > 0
+            # a node that answered us (a proven address) gets every answer
+            other = DhtNode()
+            await other.start(LOCAL, 0, [target])
+            try:
+                for _ in range(20):
+                    assert len(await other.find_name_records(name)) == 12
+            finally:
+                await other.stop()
+        finally:
+            await node.stop()
+
+    run(main)

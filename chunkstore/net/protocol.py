@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+import umsgpack
 from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 from rpcudp.exceptions import MalformedMessage
@@ -25,7 +26,7 @@ from chunkstore.net.address_scope import Scope, usable
 from chunkstore.net.contact_rules import ContactRules
 from chunkstore.net.name_records import MAX_PUBLISHERS_PER_NAME, NameRecordStore
 from chunkstore.net.providers import Holder, ProviderStore
-from chunkstore.net.request_budget import RequestBudget
+from chunkstore.net.request_budget import ReplyBudget, RequestBudget
 from chunkstore.net.write_tokens import WriteTokens
 from chunkstore.objects.name_record import MAX_RECORD_BYTES, InvalidRecord, NameRecord
 
@@ -48,6 +49,7 @@ NAME_KEY_DOMAIN = b"chunkstore name\x00"
 # rpcudp refuses to send a request whose payload exceeds 8 KB; anything much larger is not a
 # message of ours, and decoding one costs ~15 ms per 64 KiB before any check: dropped unread.
 MAX_DATAGRAM_BYTES = 8192 + 64
+MAX_PROVEN_ADDRESSES = 4096
 # The host of a get_providers entry meaning "the answering node itself, at the address you
 # sent the question to": a node listening on every interface may not know its own address,
 # and the asker knows one that reaches it. Never a valid IP, so a peer that predates it
@@ -194,6 +196,8 @@ class ChunkstoreProtocol(KademliaProtocol):
         # learnt from others that are narrower are never contacted (address_scope.py).
         self.own_scope: Scope | None = None
         self.dropped_datagrams = 0
+        self.reply_budget = ReplyBudget()
+        self._proven: OrderedDict[tuple[str, int], None] = OrderedDict()
         # key -> this node's transfer port when its own store holds that object whole
         self.local_holdings = local_holdings
         # Told of every contact that enters the routing table, and whether it got there by
@@ -219,6 +223,11 @@ class ChunkstoreProtocol(KademliaProtocol):
         if msg_id not in self._outstanding:
             log.debug("answer to no request from %s dropped", address)
             return
+        # It answered our random message id from this address: the address is real.
+        self._proven[(address[0], address[1])] = None
+        self._proven.move_to_end((address[0], address[1]))
+        while len(self._proven) > MAX_PROVEN_ADDRESSES:
+            self._proven.popitem(last=False)
         super()._accept_response(msg_id, data, address)
 
     def _timeout(self, msg_id: bytes) -> None:
@@ -236,10 +245,30 @@ class ChunkstoreProtocol(KademliaProtocol):
             log.debug("dropped undecodable datagram from %s: %r", address, exc)
 
     async def _accept_request(self, msg_id: bytes, data: Any, address: tuple) -> None:
+        # rpcudp's, plus: a bad request is dropped quietly, and the answer to an address
+        # that never answered us (its source may be forged) is sent only within that IP's
+        # reply budget in bytes, so a forged request cannot make us flood its victim.
         try:
-            await super()._accept_request(msg_id, data, address)
+            if not isinstance(data, list) or len(data) != 2:
+                raise MalformedMessage(f"not a request: {data!r}"[:200])
+            name, args = data
+            handler = getattr(self, f"rpc_{name}", None) if isinstance(name, str) else None
+            if handler is None or not callable(handler) or not isinstance(args, list):
+                raise MalformedMessage(f"no RPC {name!r}"[:200])
+            response = handler(address, *args)
+            if asyncio.iscoroutine(response):
+                response = await response
+            reply = b"\x01" + msg_id + umsgpack.packb(response)
         except Exception as exc:  # noqa: BLE001 - wrong arity/types from a peer: drop it
             log.debug("dropped bad request from %s: %r", address, exc)
+            return
+        if (address[0], address[1]) not in self._proven and not self.reply_budget.allow(
+            address[0], time.monotonic(), len(reply)
+        ):
+            log.debug("answer to unproven %s over its reply budget: not sent", address)
+            return
+        if self.transport is not None:
+            self.transport.sendto(reply, address)
 
     def connection_lost(self, exc: Exception | None) -> None:
         # rpcudp leaves pending requests to their timers; once the socket is closed nobody

@@ -53,3 +53,45 @@ class RequestBudget:
         while len(self._buckets) > self.max_addresses:
             self._buckets.popitem(last=False)
         return allowed
+
+
+# Answers to addresses that never answered us, in bytes per source IP: a lookup asks a node
+# for at most a few KB (a find_names answer of 12 records is ~6 KB), so 32 KB/s with a burst
+# of 64 KB never holds up an honest asker, and bounds what a forged request makes this node
+# send its victim to 32 KB/s, whatever the answer's size.
+REPLY_BYTES_PER_SECOND = 32 * 1024.0
+REPLY_BYTES_BURST = 64 * 1024.0
+
+
+class ReplyBudget:
+    """`allow(ip, now, size)` is True while answers to unproven senders of `ip` stay within
+    the byte rate (the answer is then charged)."""
+
+    def __init__(
+        self,
+        rate: float = REPLY_BYTES_PER_SECOND,
+        burst: float = REPLY_BYTES_BURST,
+        max_addresses: int = MAX_TRACKED_ADDRESSES,
+        relax_loopback: bool = True,
+    ) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_addresses = max_addresses
+        self.relax_loopback = relax_loopback
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self.refused = 0
+
+    def allow(self, ip: str, now: float, size: int) -> bool:
+        if self.relax_loopback and scope_of(ip) is Scope.LOOPBACK:
+            return True
+        tokens, last = self._buckets.pop(ip, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        allowed = tokens >= size
+        if allowed:
+            tokens -= size
+        else:
+            self.refused += 1
+        self._buckets[ip] = (tokens, now)
+        while len(self._buckets) > self.max_addresses:
+            self._buckets.popitem(last=False)
+        return allowed
