@@ -19,7 +19,8 @@ from chunkstore.demo.local_swarm import LocalSwarm
 from chunkstore.net.address_scope import Scope, scope_of, usable
 from chunkstore.net.contact_rules import ContactRules
 from chunkstore.net.dht import DhtNode
-from chunkstore.net.protocol import MAX_DATAGRAM_BYTES, name_key
+from chunkstore.net.protocol import MAX_DATAGRAM_BYTES, name_key, parse_nodes, parse_providers
+from chunkstore.net.providers import Holder
 from chunkstore.net.request_budget import ReplyBudget, RequestBudget
 from chunkstore.net.write_tokens import ROTATE_SECONDS, WriteTokens
 from tests.helpers import signed_record
@@ -280,3 +281,20 @@ def test_answers_to_an_unproven_address_stay_within_its_byte_budget():
             await node.stop()
 
     run(main)
+
+
+def test_answers_naming_narrower_addresses_are_not_followed():
+    # A node on a LAN (or the internet) is told of loopback holders and contacts: it drops
+    # them, but still counts the node it asked (the "" marker) as a holder.
+    answer = {
+        "providers": [["", 4100], ["127.0.0.2", 4200]],
+        "nodes": [[b"n" * 20, "127.0.0.3", 4400]],
+        "token": b"t" * 8,
+    }
+    holders, nodes, _ = parse_providers(answer, "127.0.0.1", 20, own_scope=Scope.PRIVATE)
+    assert holders == [Holder("127.0.0.1", 4100)] and nodes == []
+    assert parse_nodes([[b"n" * 20, "127.0.0.3", 4400]], 20, Scope.PUBLIC) == []
+    # a loopback node (or one that does not know its address yet) keeps them
+    holders, nodes, _ = parse_providers(answer, "127.0.0.1", 20, own_scope=Scope.LOOPBACK)
+    assert len(holders) == 2 and len(nodes) == 1
+    assert len(parse_providers(answer, "127.0.0.1", 20)[0]) == 2
