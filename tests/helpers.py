@@ -132,15 +132,12 @@ def signed_record(
 def name_records_seen(api_url: str, name: str) -> dict[str, str]:
     """publisher key -> manifest id hex ("" for a removal) of the records of `name` that the
     node with local API `api_url` finds in the DHT (each checked here again)."""
-    import json
     import urllib.parse
-    import urllib.request
 
+    from chunkstore.net.node_file import api_get_json
     from chunkstore.objects.name_record import NameRecord
 
-    url = f"{api_url}/dht/names/{urllib.parse.quote(name, safe='')}"
-    with urllib.request.urlopen(url, timeout=15) as resp:
-        data = json.loads(resp.read())
+    data = api_get_json(api_url, f"/dht/names/{urllib.parse.quote(name, safe='')}")
     found = {}
     for item in data["records"]:
         record = NameRecord.decode(bytes.fromhex(item))

@@ -11,7 +11,8 @@ from typing import Any
 from benchmarks.swarm_bench.errors import BenchError
 from benchmarks.swarm_bench.netns import NetnsLab, http_body, netns_prefix
 from chunkstore.demo.local_swarm import LocalSwarm, ServeProcess, node_stats, providers_of
-from chunkstore.net.node import CONTACTS_FILE, NODE_FILE
+from chunkstore.net.node import CONTACTS_FILE
+from chunkstore.net.node_file import NODE_FILE, api_request
 
 READY_TIMEOUT = 60.0
 
@@ -65,7 +66,8 @@ class HolderNodes:
             if path == "/node":
                 return node_stats(node)
             return providers_of(node, path.rsplit("/", 1)[1])
-        body = http_body(ns, node.info.api_url + path)
+        url, headers = api_request(node.info.api_url, path)
+        body = http_body(ns, url, headers=headers)
         if body is None:
             raise BenchError(f"the local API of node {node.index} in {ns} does not answer")
         return json.loads(body)

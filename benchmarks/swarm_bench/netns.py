@@ -4,6 +4,7 @@ and `tc tbf` shaping, and removes them; `netns_prefix` and `http_body` run thing
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import subprocess
@@ -135,23 +136,29 @@ class NetnsLab:
 
 
 _HTTP_SNIPPET = (
-    "import sys, urllib.request\n"
-    "r = urllib.request.Request(sys.argv[1], method=sys.argv[2])\n"
+    "import json, sys, urllib.request\n"
+    "h = json.loads(sys.stdin.read() or '{}')\n"
+    "r = urllib.request.Request(sys.argv[1], method=sys.argv[2], headers=h)\n"
     "sys.stdout.buffer.write(urllib.request.urlopen(r, timeout=15).read())\n"
 )
 
 
-def http_body(ns: str | None, url: str, method: str = "GET") -> bytes | None:
-    """The body at `url` as seen from namespace `ns` (None: this one); None if unreachable."""
+def http_body(
+    ns: str | None, url: str, method: str = "GET", headers: dict[str, str] | None = None
+) -> bytes | None:
+    """The body at `url` as seen from namespace `ns` (None: this one); None if unreachable.
+    `headers` reach the namespace's process on stdin, never its command line (other users
+    can read that, and a header may carry the local API's token)."""
     if ns is None:
         try:
-            req = urllib.request.Request(url, method=method)
+            req = urllib.request.Request(url, method=method, headers=headers or {})
             with urllib.request.urlopen(req, timeout=15) as resp:
                 return resp.read()
         except (urllib.error.URLError, OSError):
             return None
     proc = subprocess.run(
         [*netns_prefix(ns), sys.executable, "-c", _HTTP_SNIPPET, url, method],
+        input=json.dumps(headers or {}).encode(),
         capture_output=True,
         timeout=30,
     )

@@ -6,20 +6,18 @@ starts is stopped when the context exits, whatever happened.
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from chunkstore.errors import ChunkstoreError
-from chunkstore.net.node_file import NodeInfo, running_node
+from chunkstore.net.node_file import NodeInfo, api_get_json, running_node
 
 START_TIMEOUT = 20.0
 
@@ -114,7 +112,7 @@ class LocalSwarm:
         `prefix` goes before the command, e.g. `ip netns exec NAME` to run it elsewhere."""
         index = len(self.nodes)
         home = home or self.root / f"node{index}"
-        home.mkdir(parents=True, exist_ok=True)
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
         cmd = serve_command(home, bootstrap or [], upload_rate or self.upload_rate, host)
         with open(self.log_dir / f"node{index}.log", "ab") as log:
             proc = subprocess.Popen(
@@ -161,15 +159,11 @@ class LocalSwarm:
 
 def node_stats(node: ServeProcess) -> dict:
     """The node's own counters (bytes served...), from its local API."""
-    with urllib.request.urlopen(node.info.api_url + "/node", timeout=5) as resp:
-        return json.loads(resp.read())
+    return api_get_json(node.info.api_url, "/node", timeout=5)  # type: ignore[return-value]
 
 
 def providers_of(node: ServeProcess, object_id: str) -> list[dict]:
-    with urllib.request.urlopen(
-        f"{node.info.api_url}/dht/providers/{object_id}", timeout=15
-    ) as resp:
-        return json.loads(resp.read())
+    return api_get_json(node.info.api_url, f"/dht/providers/{object_id}")  # type: ignore[return-value]
 
 
 def wait_for_providers(

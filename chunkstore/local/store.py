@@ -86,6 +86,29 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def _tighten(path: Path, mode: int) -> None:
+    """Take group and other permissions off `path` if it is ours and has any.
+
+    Homes and stores made by earlier versions were 0755 / 0644: every local user could read
+    every stored file. They are tightened once, at open, rather than left as they are: the
+    home is chunkstore's own directory and holds the API token (node.json) and the
+    publisher key, so no setup wants them shared; one owned by someone else is left alone."""
+    try:
+        st = path.stat()
+        if st.st_uid == os.getuid() and st.st_mode & 0o077:
+            path.chmod(mode)
+    except FileNotFoundError:
+        pass
+
+
+def _private_directory(path: Path, parents: bool = False) -> None:
+    """Make directory `path` (mode 0700) if missing, else tighten it to 0700."""
+    if parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, exist_ok=True)
+    _tighten(path, 0o700)
+
+
 class _Environment:
     """The LMDB environment of one store directory and its named databases."""
 
@@ -99,7 +122,10 @@ class _Environment:
             sync=False,
             max_readers=256,
             readahead=False,
+            mode=0o600,  # the files of a new store: every stored file is in them
         )
+        for name in ("data.mdb", "lock.mdb"):
+            _tighten(path / name, 0o600)
         self.mapped = MappedFile(str(path / "data.mdb"))
         self.dbs = {name: self.env.open_db(name.encode()) for name in DATABASES}
         self.handles = 0
@@ -124,7 +150,8 @@ class Store:
         path = self.home / "store"
         with _environments_lock:
             try:
-                path.mkdir(parents=True, exist_ok=True)
+                _private_directory(self.home, parents=True)
+                _private_directory(path)
                 key = path.resolve()
                 shared = _environments.get(key)
                 if shared is None:

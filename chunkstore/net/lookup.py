@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 
@@ -119,7 +119,8 @@ class LinkLookup:
 
 
 class NodeApiLookup:
-    """Looks things up through the local API of the node serving this home."""
+    """Looks things up through the local API of the node serving this home. `base_url` is
+    node.json's `api_url`: aiohttp sends its userinfo (the token) as the Authorization header."""
 
     def __init__(self, base_url: str, timeout: float = 15.0) -> None:
         self.base_url = base_url.rstrip("/")
@@ -142,7 +143,9 @@ class NodeApiLookup:
                     raise NetworkError(f"local node answered {resp.status} for {path}")
                 return await resp.json()
         except (aiohttp.ClientError, TimeoutError) as e:
-            raise NetworkError(f"cannot reach the local node at {self.base_url}: {e}") from None
+            # The URL's password is the API token: never in a message.
+            where = urlsplit(self.base_url).port
+            raise NetworkError(f"cannot reach the local node on port {where}: {e}") from None
 
     async def find_name_records(self, name: str) -> list[NameRecord]:
         data = await self.get_json("/dht/names/" + quote(name, safe=""))

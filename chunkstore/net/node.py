@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hmac
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import BinaryIO
 
-from aiohttp import web
+from aiohttp import BasicAuth, web
 
 from chunkstore.errors import ChunkstoreError, InputError, NetworkError
 from chunkstore.local.identity import Identity, load_identity
@@ -35,7 +36,18 @@ from chunkstore.net.addresses import parse_addresses
 from chunkstore.net.dht import Contact, DhtNode, OwnRecords, dht_key, load_contacts
 from chunkstore.net.download import Progress, fetch_file
 from chunkstore.net.lookup import DhtLookup
-from chunkstore.net.node_file import NODE_FILE, NodeInfo, running_node, write_node_file
+from chunkstore.net.node_file import (
+    API_USER,
+    NODE_FILE,  # noqa: F401 - re-exported: node.json is named through this module too
+    NodeInfo,
+    NodeLock,
+    api_url,
+    new_api_token,
+    read_node_file,
+    remove_node_file,
+    running_node,  # noqa: F401 - re-exported, as NODE_FILE
+    write_node_file,
+)
 from chunkstore.net.providers import Holder
 from chunkstore.net.transfer_client import TransferClient
 from chunkstore.net.transfer_server import TransferServer
@@ -131,6 +143,9 @@ class Node:
             self.store, upload_rate=upload_rate, max_concurrent=max_concurrent
         )
         self._api_runner: web.AppRunner | None = None
+        self._api_token = new_api_token()
+        self._api_hosts: frozenset[str] = frozenset()  # Host headers the local API accepts
+        self._lock: NodeLock | None = None
         self._tasks: list[asyncio.Task] = []
         self._published: dict[str, bytes] = {}  # records (encoded) some remote node stored
         self._tried: dict[str, bytes] = {}  # records (encoded) sent out at least once
@@ -177,13 +192,18 @@ class Node:
         """Listen, join the DHT through `bootstrap` (and the contacts saved by an earlier
         run), and start announcing. Raises InputError when another node serves the home,
         NetworkError when a port cannot be bound; on any failure nothing is left running."""
-        other = running_node(self.home)
-        if other is not None and other.pid != os.getpid() or Node.serving(self.home):
-            pid = other.pid if other is not None else os.getpid()
-            raise InputError(f"a node (pid {pid}) already serves {self.home}")
-        saved = load_contacts(self.home / CONTACTS_FILE)
-        self._identity = load_identity(self.home)
+        if Node.serving(self.home):
+            raise InputError(f"a node (pid {os.getpid()}) already serves {self.home}")
+        lock = await NodeLock.take(self.home)
+        if lock is None:
+            other = read_node_file(self.home)  # written by the holder once it listens
+            pid = f" (pid {other.pid})" if other is not None else ""
+            raise InputError(f"a node{pid} already serves {self.home}")
+        self._lock = lock
         try:
+            remove_node_file(self.home)  # left by a node that died: nobody holds the lock
+            saved = load_contacts(self.home / CONTACTS_FILE)
+            self._identity = load_identity(self.home)
             # Before the DHT answers anything: a store made before the `complete` table (or
             # a download stopped after its last chunk) learns which files it holds whole.
             self.store.record_complete_manifests()
@@ -195,13 +215,14 @@ class Node:
                 host=self.host,
                 dht_port=self.dht.port,
                 transfer_port=self.transfer.port,
-                api_url=f"http://127.0.0.1:{api_port}",
+                api_url=api_url(api_port, self._api_token),
                 advertised_host=self.dht.own_host or "",
             )
             self._write_node_file()
         except BaseException:
             await self._stop_listening()  # whatever started: nothing left listening
             self.info = None
+            self._release_lock()
             if self._own_store:
                 self.store.close()
             raise
@@ -235,12 +256,18 @@ class Node:
         await self._stop_listening()
         if _running.get(_home_key(self.home)) is self:
             del _running[_home_key(self.home)]
-        info = running_node(self.home)
-        if info is not None and info.pid == os.getpid():
-            (self.home / NODE_FILE).unlink(missing_ok=True)
+        self._release_lock()
         self.info = None
         if self._own_store:
             self.store.close()
+
+    def _release_lock(self) -> None:
+        """Remove node.json, then let go of the home's lock (in that order: a reader that
+        sees the lock held may trust the node.json it read)."""
+        if self._lock is not None:
+            remove_node_file(self.home)
+            self._lock.release()
+            self._lock = None
 
     def _write_node_file(self) -> None:
         write_node_file(self.home, self.info)
@@ -452,8 +479,33 @@ class Node:
                 log.warning("could not save routing contacts", exc_info=True)
 
     # -- local API (127.0.0.1 only) ---------------------------------------------------------
+    # Listening on 127.0.0.1 keeps other machines out, not other local users nor web pages
+    # (a page may send requests to 127.0.0.1, and DNS rebinding lets it read the answers):
+    # every request must carry the token of node.json (readable by the home's owner only)
+    # and name 127.0.0.1 or localhost as its Host.
+    @web.middleware
+    async def _api_guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if request.headers.get("Host", "") not in self._api_hosts:
+            # A rebinding page's requests name its own host: refused before any work.
+            raise web.HTTPForbidden(text="the local API answers only 127.0.0.1 or localhost")
+        try:
+            auth = BasicAuth.decode(request.headers.get("Authorization", ""))
+        except ValueError:
+            auth = None
+        if auth is None or not (
+            auth.login == API_USER
+            and hmac.compare_digest(auth.password.encode(), self._api_token.encode())
+        ):
+            raise web.HTTPUnauthorized(
+                text="the local API needs the token in node.json (use its api_url)",
+                headers={"WWW-Authenticate": 'Basic realm="chunkstore"'},
+            )
+        return await handler(request)
+
     async def _start_api(self) -> int:
-        app = web.Application(client_max_size=1024)
+        app = web.Application(client_max_size=1024, middlewares=[self._api_guard])
         app.router.add_get("/dht/names/{name}", self._api_name)
         app.router.add_get("/dht/providers/{oid}", self._api_providers)
         app.router.add_get("/peers", self._api_peers)
@@ -462,7 +514,9 @@ class Node:
         await runner.setup()
         self._api_runner = runner  # before binding: a failed bind is cleaned up by stop
         await web.TCPSite(runner, "127.0.0.1", 0).start()
-        return runner.addresses[0][1]
+        port = runner.addresses[0][1]
+        self._api_hosts = frozenset({f"127.0.0.1:{port}", f"localhost:{port}"})
+        return port
 
     async def _api_name(self, request: web.Request) -> web.Response:
         records = await self.dht.find_name_records(request.match_info["name"])
