@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import io
+import resource
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -624,3 +625,27 @@ def test_a_short_lived_lookup_with_no_answering_contact_fails(tmp_path, monkeypa
                     pass
 
         run(main)
+
+
+def test_a_holder_serving_decompression_bombs_is_avoided(src, make_store, tmp_path):
+    # Each stored form replaced by 18 bytes whose zstd frame declares 64 GiB: refused as
+    # corrupt without allocating, the bomber banned, every chunk fetched from the honest one.
+    bomber, honest = make_store("bomber"), make_store("honest")
+    fetcher = make_store("fetcher", with_file=False)
+    bomb = b"\x01\x28\xb5\x2f\xfd\xe0" + (64 << 30).to_bytes(8, "little")
+    bomb += (1 | 1 << 1 | (128 * 1024) << 3).to_bytes(3, "little") + b"\x00"
+    for ref in manifest_of(bomber).chunks:
+        bomber._transact(lambda txn, cid=ref.chunk_id: txn.put(cid, bomb, db=bomber._chunks))
+    mid = manifest_of(honest).id.hex()
+    out = tmp_path / "out.bin"
+
+    async def main() -> None:
+        async with serving(bomber, honest) as (bad, good), TransferClient() as client:
+            lookup = FakeLookup([holder_of(bad), holder_of(good)])
+            result = await fetch_file(fetcher, lookup, client, mid, out)
+            assert bad.requests_served >= 1
+            assert result.sources == {address(good): SIZE}
+
+    run(main)
+    assert out.read_bytes() == src.read_bytes()
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < 400 * 1024  # KiB: < 400 MiB

@@ -13,7 +13,7 @@ from chunkstore.local.output import Output, atomic_output
 from chunkstore.local.pipeline import ordered_map
 from chunkstore.local.store import Store
 from chunkstore.objects.codec import ChunkCodec
-from chunkstore.objects.manifest import Manifest
+from chunkstore.objects.manifest import ChunkRef, Manifest
 
 Progress = Callable[[int], None]
 # Bytes restored between two releases of the store pages this process has mapped.
@@ -37,26 +37,27 @@ def write_to_stream(
     Into a regular file the worker threads write each chunk at its offset themselves, so the
     write system calls (a large share of a restore's time) run on both cores; a pipe or
     terminal gets the chunks in order from this thread.
-    Raises CorruptChunk naming the first chunk whose stored bytes do not match its id."""
+    Raises CorruptChunk naming the first chunk whose stored bytes do not match its id or
+    whose length is not the one the manifest declares."""
     codec = ChunkCodec()
     out.flush()
     fd = _seekable_fd(out)
     base = out.tell() if fd is not None else 0
 
-    def load(item: tuple[int, bytes]) -> tuple[int, bytes | memoryview | None]:
-        offset, chunk_id = item
-        stored = store.get_stored(chunk_id)
+    def load(item: tuple[int, ChunkRef]) -> tuple[int, bytes | memoryview | None]:
+        offset, ref = item
+        stored = store.get_stored(ref.chunk_id)
         if stored is None:
-            raise NotFound(f"chunk {chunk_id.hex()} is missing from the store")
-        raw = codec.decode_verified(chunk_id, stored)
+            raise NotFound(f"chunk {ref.chunk_id.hex()} is missing from the store")
+        # The manifest's size too: a chunk shorter than declared would leave a hole of zeros.
+        raw = codec.decode_verified(ref.chunk_id, stored, ref.size)
         if fd is None:
             return len(raw), raw
         os.pwrite(fd, raw, base + offset)
         return len(raw), None
 
     since_release = 0
-    items = ((offset, ref.chunk_id) for offset, ref in manifest.offsets())
-    for size, raw in ordered_map(load, items):
+    for size, raw in ordered_map(load, manifest.offsets()):
         if raw is not None:
             out.write(raw)
         since_release += size

@@ -226,6 +226,7 @@ class _ChunkFetch:
         self.present = [cid for cid in offsets if cid not in missing]
         self.units = [cid for cid in offsets if cid in missing]
         self.offsets = offsets
+        self.size_of = sizes
         self.sizes = [sizes[cid] for cid in self.units]
         # A dead holder is probed twice (after 2 s, then 4 s) before its chunks are given up:
         # a user waiting on a get wants "missing" in seconds, not minutes.
@@ -331,10 +332,11 @@ class _ChunkFetch:
             return req, FailureKind.ERROR, None
         try:
             # Inline on the loop: ~1 ms per MiB, cheaper than a thread hop per chunk here.
-            raw = self.codec.decode_verified(cid, stored)
+            # Bounded by the declared size (a bomb is refused from its frame header, or after
+            # size + 1 bytes); any failure to decode, MemoryError included, is a CorruptChunk,
+            # so the peer is banned and the chunk asked of another holder.
+            raw = self.codec.decode_verified(cid, stored, self.sizes[req.index])
         except CorruptChunk:
-            return req, FailureKind.CORRUPT, None
-        if len(raw) != self.sizes[req.index]:
             return req, FailureKind.CORRUPT, None
         return req, None, (stored, raw)
 
@@ -444,7 +446,7 @@ class _ChunkFetch:
             stored = self.store.get_stored(cid)
             if stored is None:
                 raise NotFound(f"chunk {cid.hex()} vanished from the store during the get")
-            raw = self.codec.decode_verified(cid, stored)
+            raw = self.codec.decode_verified(cid, stored, self.size_of[cid])
             self.write_out(cid, raw)
             if self.progress:
                 self.progress(len(raw) * len(self.offsets[cid]))
@@ -510,12 +512,16 @@ async def fetch_file(
         with store.lease():
             if isinstance(output, Path) and _is_file_target(output):
                 with atomic_output(output, force=force) as f:
-                    os.ftruncate(f.fileno(), manifest.size)
+                    # Not pre-sized: the file grows only as verified chunks are written at
+                    # their offsets (a hostile manifest declaring terabytes made a 1.6 TB
+                    # sparse file before any chunk was checked); the final size is set once
+                    # every chunk is written.
                     job = _ChunkFetch(
                         store, lookup, client, manifest_id, manifest, f.fileno(), progress, clock
                     )
                     sources = await job.run(search, stall_seconds)
                     job.write_present()
+                    os.ftruncate(f.fileno(), manifest.size)
             else:
                 # Offsets cannot be used (a pipe, a device, stdout): fill the store, then stream.
                 job = _ChunkFetch(
