@@ -27,6 +27,12 @@ def publisher_key(node: ServeProcess) -> str:
     return run_cli("key", home=node.home, check=True).stdout.decode().strip()
 
 
+def manifest_id_of(node: ServeProcess) -> str:
+    """The manifest id NAME points at in `node`'s home (`chunkstore stat --json`)."""
+    proc = run_cli("stat", NAME, "--json", home=node.home, check=True)
+    return json.loads(proc.stdout.decode())["manifest_id"]
+
+
 def publishers_seen(node: ServeProcess, name: str) -> dict[str, str]:
     return name_records_seen(node.info.api_url, name)
 
@@ -70,21 +76,17 @@ def test_a_name_cannot_be_taken_over(tmp_path: Path) -> None:
         key1, key2 = publisher_key(first), publisher_key(second)
         assert key1 != key2 and len(key1) == 52
         run_cli("add", str(original), "--name", NAME, home=first.home, check=True)
-        added = json.loads(
-            run_cli("stat", NAME, "--json", home=first.home, check=True).stdout.decode()
-        )
-        wait_for_records(fetcher, NAME, {key1: added["manifest_id"]})
+        first_id = manifest_id_of(first)
+        wait_for_records(fetcher, NAME, {key1: first_id})
         out = tmp_path / "before.iso"
         assert get_to(fetcher.home, NAME, out).returncode == 0
         assert file_hash(out) == file_hash(original)
 
         # the attack: a second publisher of the same name, and unsigned STOREs everywhere
         run_cli("add", str(other), "--name", NAME, home=second.home, check=True)
-        other_id = json.loads(
-            run_cli("stat", NAME, "--json", home=second.home, check=True).stdout.decode()
-        )["manifest_id"]
+        other_id = manifest_id_of(second)
         assert stock_store_everywhere(swarm.nodes, NAME, other_id) == [False] * 8
-        wait_for_records(bystander, NAME, {key1: added["manifest_id"], key2: other_id})
+        wait_for_records(bystander, NAME, {key1: first_id, key2: other_id})
         assert set(publishers_seen(bystander, NAME)) == {key1, key2}  # the STOREs: nothing
 
         # the node that fetched the name before keeps getting the original file
@@ -126,9 +128,7 @@ def test_an_update_and_an_unpublish_reach_a_node_that_fetched_the_old_version(
 
         # the publisher's node publishes the update at once: the next get has it
         run_cli("add", str(new), "--name", NAME, home=publisher.home, check=True)
-        new_id = json.loads(
-            run_cli("stat", NAME, "--json", home=publisher.home, check=True).stdout.decode()
-        )["manifest_id"]
+        new_id = manifest_id_of(publisher)
         wait_for_records(fetcher, NAME, {key: new_id})
         assert get_to(fetcher.home, NAME, out).returncode == 0
         assert file_hash(out) == file_hash(new)

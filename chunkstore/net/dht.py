@@ -326,26 +326,21 @@ class DhtNode:
         if not is_key(key):
             raise ValueError(f"a DHT key is {DHT_KEY_SIZE} bytes; use dht_key()")
         found = dict.fromkeys(self.providers.get(key, time.monotonic()))
-        target = Node(key)
-        nearest = self._server.protocol.router.find_neighbors(target)
 
         def take(node: Node, answer: Any) -> list[Node]:
             holders, closer, _ = answer
             found.update(dict.fromkeys(holders))
             return closer
 
-        if len(found) < limit and nearest:
-            # stops at the answer that makes `limit` known, never waiting on departed nodes
-            lookup = crawl(
-                target,
-                nearest,
-                self._server.ksize,
-                self._server.alpha,
-                lambda node: self.protocol.call_get_providers(node, target),
+        if len(found) < limit:
+            # stops at the answer that makes `limit` known
+            await self._crawl(
+                key,
+                self.protocol.call_get_providers,
                 take,
+                "find_providers",
                 done=lambda: len(found) >= limit,
             )
-            await self._bounded(lookup, "find_providers")
         return list(found)[:limit]
 
     async def publish_record(self, record: NameRecord) -> int:
@@ -369,8 +364,6 @@ class DhtNode:
         found: dict[bytes, NameRecord] = {}
         for record in self.name_records.get(key, time.time()):
             keep_newest(found, record)
-        target = Node(key)
-        nearest = self._server.protocol.router.find_neighbors(target)
 
         def take(node: Node, answer: Any) -> list[Node]:
             records, closer = answer
@@ -378,18 +371,8 @@ class DhtNode:
                 keep_newest(found, record)
             return closer
 
-        if nearest:
-            # Every close node is asked (another publisher, or a newer record, may be on any
-            # of them), without waiting on departed ones (crawl.py).
-            lookup = crawl(
-                target,
-                nearest,
-                self._server.ksize,
-                self._server.alpha,
-                lambda node: self.protocol.call_find_names(node, target),
-                take,
-            )
-            await self._bounded(lookup, "find_name_records")
+        # Every close node is asked: another publisher, or a newer record, may be on any.
+        await self._crawl(key, self.protocol.call_find_names, take, "find_name_records")
         return [r for r in found.values() if r.name == name]
 
     def known_peers(self) -> list[Contact]:
@@ -427,11 +410,6 @@ class DhtNode:
     async def _closest_with_tokens(self, key: bytes) -> list[tuple[Node, bytes | None]]:
         """The k closest nodes to `key` that answered a get_providers, each with the write
         token it gave us (what add_provider must present)."""
-        target = Node(key)
-        nearest = self._server.protocol.router.find_neighbors(target)
-        if not nearest:
-            log.info("no known DHT contacts: %s stays local", key.hex())
-            return []
         answered: dict[bytes, tuple[Node, bytes | None]] = {}
 
         def take(node: Node, answer: Any) -> list[Node]:
@@ -439,17 +417,31 @@ class DhtNode:
             answered[node.id] = (node, token)
             return closer
 
-        lookup = crawl(
-            target,
-            nearest,
-            self._server.ksize,
-            self._server.alpha,
-            lambda node: self.protocol.call_get_providers(node, target),
-            take,
-        )
-        await self._bounded(lookup, "announce lookup")  # on timeout: the closest seen so far
+        if not await self._crawl(key, self.protocol.call_get_providers, take, "announce lookup"):
+            log.info("no known DHT contacts: %s stays local", key.hex())
+        target = Node(key)  # on timeout: the closest seen so far
         ranked = sorted(answered.values(), key=lambda entry: target.distance_to(entry[0]))
         return ranked[: self._server.ksize]
+
+    async def _crawl(
+        self,
+        key: bytes,
+        rpc: Callable[[Node, Node], Any],
+        take: Callable[[Node, Any], list[Node]],
+        what: str,
+        done: Callable[[], bool] = lambda: False,
+    ) -> bool:
+        """Ask the nodes closest to `key` with `rpc(node, target)`, `take` reading each answer
+        (crawl.py: never waiting on departed nodes), within `lookup_timeout`; False when no
+        contact is known to start from."""
+        target = Node(key)
+        nearest = self._server.protocol.router.find_neighbors(target)
+        if not nearest:
+            return False
+        ksize, alpha = self._server.ksize, self._server.alpha
+        lookup = crawl(target, nearest, ksize, alpha, lambda n: rpc(n, target), take, done)
+        await self._bounded(lookup, what)
+        return True
 
     async def _closest_nodes(self, key: bytes) -> list[Node]:
         target = Node(key)

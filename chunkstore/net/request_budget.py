@@ -22,8 +22,42 @@ REQUEST_BURST = 400.0
 MAX_TRACKED_ADDRESSES = 4096
 
 
-class RequestBudget:
-    """`allow(ip, now)` is True while `ip` stays within its rate."""
+class AddressBudget:
+    """A token bucket per source IP: `allow(ip, now, cost)` is True while `ip` stays within
+    `rate` units per second (bursts of `burst`), and then charges it `cost`."""
+
+    def __init__(
+        self,
+        rate: float,
+        burst: float,
+        max_addresses: int = MAX_TRACKED_ADDRESSES,
+        relax_loopback: bool = True,
+    ) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_addresses = max_addresses
+        self.relax_loopback = relax_loopback
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self.refused = 0
+
+    def allow(self, ip: str, now: float, cost: float = 1.0) -> bool:
+        if self.relax_loopback and scope_of(ip) is Scope.LOOPBACK:
+            return True
+        tokens, last = self._buckets.pop(ip, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        allowed = tokens >= cost
+        if allowed:
+            tokens -= cost
+        else:
+            self.refused += 1
+        self._buckets[ip] = (tokens, now)
+        while len(self._buckets) > self.max_addresses:
+            self._buckets.popitem(last=False)
+        return allowed
+
+
+class RequestBudget(AddressBudget):
+    """Incoming requests per source IP (one unit each)."""
 
     def __init__(
         self,
@@ -32,27 +66,7 @@ class RequestBudget:
         max_addresses: int = MAX_TRACKED_ADDRESSES,
         relax_loopback: bool = True,
     ) -> None:
-        self.relax_loopback = relax_loopback
-        self.rate = rate
-        self.burst = burst
-        self.max_addresses = max_addresses
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-        self.refused = 0
-
-    def allow(self, ip: str, now: float) -> bool:
-        if self.relax_loopback and scope_of(ip) is Scope.LOOPBACK:
-            return True
-        tokens, last = self._buckets.pop(ip, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        allowed = tokens >= 1.0
-        if allowed:
-            tokens -= 1.0
-        else:
-            self.refused += 1
-        self._buckets[ip] = (tokens, now)
-        while len(self._buckets) > self.max_addresses:
-            self._buckets.popitem(last=False)
-        return allowed
+        super().__init__(rate, burst, max_addresses, relax_loopback)
 
 
 # Answers to addresses that never answered us, in bytes per source IP: a lookup asks a node
@@ -63,9 +77,8 @@ REPLY_BYTES_PER_SECOND = 32 * 1024.0
 REPLY_BYTES_BURST = 64 * 1024.0
 
 
-class ReplyBudget:
-    """`allow(ip, now, size)` is True while answers to unproven senders of `ip` stay within
-    the byte rate (the answer is then charged)."""
+class ReplyBudget(AddressBudget):
+    """Bytes of answers to unproven senders per source IP: `allow(ip, now, size)`."""
 
     def __init__(
         self,
@@ -74,24 +87,4 @@ class ReplyBudget:
         max_addresses: int = MAX_TRACKED_ADDRESSES,
         relax_loopback: bool = True,
     ) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.max_addresses = max_addresses
-        self.relax_loopback = relax_loopback
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-        self.refused = 0
-
-    def allow(self, ip: str, now: float, size: int) -> bool:
-        if self.relax_loopback and scope_of(ip) is Scope.LOOPBACK:
-            return True
-        tokens, last = self._buckets.pop(ip, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        allowed = tokens >= size
-        if allowed:
-            tokens -= size
-        else:
-            self.refused += 1
-        self._buckets[ip] = (tokens, now)
-        while len(self._buckets) > self.max_addresses:
-            self._buckets.popitem(last=False)
-        return allowed
+        super().__init__(rate, burst, max_addresses, relax_loopback)
