@@ -1,5 +1,6 @@
 """Fuzz tests (hypothesis) for the decoders that see network bytes: DHT answers and
-datagrams, name records, manifests, share links. Each decoder either returns a value or
+datagrams, name records, manifests, share links, chunks' stored forms and the HTTP responses
+the transfer client reads. Each decoder either returns a value or
 refuses with its own error, never anything else; a node fed garbage keeps answering. The
 number of examples is bounded (CI runs these on every change); HYPOTHESIS_PROFILE=deep runs
 more."""
@@ -15,9 +16,18 @@ import umsgpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chunkstore.errors import ChunkstoreError, CorruptManifest, InputError
+from chunkstore.errors import (
+    ChunkstoreError,
+    CorruptChunk,
+    CorruptManifest,
+    InputError,
+    TransferError,
+)
 from chunkstore.net.dht import DhtNode
 from chunkstore.net.protocol import INVALID, parse_nodes, parse_providers
+from chunkstore.net.transfer_client import TransferClient
+from chunkstore.objects.codec import ZSTD_PREFIX, ChunkCodec
+from chunkstore.objects.ids import object_id
 from chunkstore.objects.link import PREFIX, Link
 from chunkstore.objects.manifest import Manifest
 from chunkstore.objects.name_record import InvalidRecord, NameRecord
@@ -145,5 +155,91 @@ def test_a_node_fed_hostile_requests_keeps_answering(requests: list) -> None:
                         break
         finally:
             await node.stop()
+
+    run(main)
+
+
+# -- stored forms: what a holder sends for a chunk ------------------------------------------
+
+RAW_CHUNK = bytes(range(256)) * 64 + b"chunkstore" * 400  # compressible: a real zstd frame
+STORED = ChunkCodec().encode(RAW_CHUNK)
+assert STORED[:1] == ZSTD_PREFIX
+RAW_ID = object_id(RAW_CHUNK)
+
+
+@given(
+    st.binary(max_size=400).map(lambda b: ZSTD_PREFIX + b"\x28\xb5\x2f\xfd" + b)
+    | st.binary(max_size=400)
+    | st.builds(
+        lambda i, b: STORED[:i] + bytes([b]) + STORED[i + 1 :],
+        st.integers(0, len(STORED) - 1),
+        st.integers(0, 255),
+    )
+    | st.builds(lambda n: STORED[:n], st.integers(0, len(STORED)))
+    | st.builds(lambda tail: STORED + tail, st.binary(min_size=1, max_size=64)),
+    st.sampled_from([None, len(RAW_CHUNK), len(RAW_CHUNK) - 1, 0, 1 << 20]),
+)
+def test_stored_forms_decode_to_the_chunk_or_are_corrupt(stored: bytes, size: int | None) -> None:
+    # Anything but the chunk's own bytes (and, with a size, exactly that many) is CorruptChunk.
+    try:
+        raw = ChunkCodec().decode_verified(RAW_ID, stored, size)
+    except CorruptChunk:
+        return
+    assert bytes(raw) == RAW_CHUNK and size in (None, len(RAW_CHUNK))
+
+
+# -- HTTP responses: what a holder answers a chunk request with ------------------------------
+
+STATUS_LINES = st.sampled_from(
+    [b"HTTP/1.1 200 OK", b"HTTP/1.1 404 Not Found", b"HTTP/1.1 503 Busy", b"HTTP/1.0 200 OK",
+     b"HTTP/1.1 301 Moved", b"HTTP/1.1 999 X", b"HTTP/9.9 200 OK", b"HTTP/1.1 200", b"garbage"]
+)  # fmt: skip
+HEADERS = st.lists(
+    st.sampled_from(
+        [b"Content-Length: 0", b"Content-Length: 5", b"Content-Length: 100000000",
+         b"Content-Length: -1", b"Content-Length: x", b"Content-Length: 3\r\nContent-Length: 9",
+         b"Transfer-Encoding: chunked", b"Content-Encoding: gzip", b"Retry-After: 1e308",
+         b"Retry-After: -5", b"Retry-After: nan", b"Location: http://127.0.0.1:1/",
+         b"Connection: close", b"X: \xff\xfe"]
+    )
+    | st.binary(max_size=60).filter(lambda b: b"\r" not in b and b"\n" not in b),
+    max_size=5,
+)  # fmt: skip
+BODIES = (
+    st.binary(max_size=3000)
+    | st.just(b"ffffffff\r\n" + b"x" * 100)
+    | st.just(b"5\r\nhello\r\n0\r\n\r\n")
+    | st.just(STORED)
+)
+CHUNK_BOUND = 2000  # the size the downloader would allow this chunk
+
+
+@settings(max_examples=80)
+@given(st.one_of(st.tuples(STATUS_LINES, HEADERS, BODIES), st.binary(max_size=600)))
+def test_the_transfer_client_returns_bounded_bytes_or_a_transfer_error(response) -> None:
+    if isinstance(response, tuple):
+        status, headers, body = response
+        response = b"\r\n".join([status, *headers, b"", b""]) + body
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(response)
+            await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(answer, LOCAL, 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            async with TransferClient(timeout=5.0) as client:
+                try:
+                    data = await client.fetch_chunk(LOCAL, port, RAW_ID, max_size=CHUNK_BOUND)
+                except TransferError:
+                    return
+                assert isinstance(data, bytes) and len(data) <= CHUNK_BOUND
+        finally:
+            server.close()
+            await server.wait_closed()
 
     run(main)
