@@ -267,7 +267,9 @@ class ChunkstoreProtocol(KademliaProtocol):
         ):
             log.debug("answer to unproven %s over its reply budget: not sent", address)
             return
-        if self.transport is not None:
+        # A handler that awaited may finish after the node stopped: a closed transport
+        # would raise from sendto in a task nobody awaits (a traceback on a get's stderr).
+        if self.transport is not None and not self.transport.is_closing():
             self.transport.sendto(reply, address)
 
     def connection_lost(self, exc: Exception | None) -> None:
