@@ -53,6 +53,7 @@ from chunkstore.local.store import Store
 from chunkstore.local.verify import verify_store
 from chunkstore.net.addresses import parse_addresses
 from chunkstore.net.node_file import running_node
+from chunkstore.net.patience import DEFAULT_PATIENCE
 from chunkstore.net.providers import Holder
 from chunkstore.objects.chunking import FASTCDC, FIXED, ChunkerParams
 from chunkstore.objects.codec import DEFAULT_LEVEL
@@ -320,6 +321,7 @@ def get(
     force: bool = False,
     progress: Progress | None = None,
     on_total: Callable[[int], None] | None = None,
+    patience: float = DEFAULT_PATIENCE,
 ) -> GetResult:
     """Write the file `name_or_id` (a name, a manifest id or a share link) to `output`, for
     scripts.
@@ -329,8 +331,9 @@ def get(
     through a short-lived node joined via `bootstrap` ("host:port" strings or (host, port)
     pairs) and a link's addresses. A link's file is fetched by its manifest id and gets the
     link's name in the store. `on_total(size)` is called once the file's size is known,
-    `progress(n)` as bytes arrive. Inside a running event loop use
-    `await chunkstore.fetch(...)`.
+    `progress(n)` as bytes arrive. The name and the file's holders are asked for again,
+    with backoff, while none is found, for up to `patience` seconds from the call. Inside a
+    running event loop use `await chunkstore.fetch(...)`.
 
     Raises NotFound (unknown name, no holder), NoNetwork (not complete locally and no way to
     the network), BootstrapFailed (no bootstrap or link address answered), MissingChunks
@@ -369,6 +372,7 @@ def get(
                 progress=progress,
                 on_total=on_total,
                 started=started,
+                patience=patience,
             )
         )
         return _name_from_link(store, link, result)
@@ -383,6 +387,7 @@ async def fetch(
     force: bool = False,
     progress: Progress | None = None,
     on_total: Callable[[int], None] | None = None,
+    patience: float = DEFAULT_PATIENCE,
 ) -> GetResult:
     """`get` for code already inside an event loop; `output=None` fills the store only.
 
@@ -409,6 +414,7 @@ async def fetch(
                 progress=progress,
                 on_total=on_total,
                 started=started,
+                patience=patience,
             )
         return _name_from_link(store, link, local)
 
@@ -424,6 +430,7 @@ async def _fetch_remote(
     progress: Progress | None,
     on_total: Callable[[int], None] | None,
     started: float,
+    patience: float,
 ) -> GetResult:
     from chunkstore.net.download import fetch_file
     from chunkstore.net.lookup import LinkLookup, open_lookup
@@ -463,6 +470,7 @@ async def _fetch_remote(
                 progress=progress,
                 on_total=on_total,
                 started=started,
+                patience=patience,
             )
         except (NotFound, NetworkError) as e:
             if failed is None or isinstance(e, MissingChunks):

@@ -20,6 +20,7 @@ import chunkstore
 from chunkstore.local.memory import tune_allocator
 from chunkstore.local.output import safe_output_name
 from chunkstore.net.addresses import parse_address
+from chunkstore.net.patience import DEFAULT_PATIENCE
 from chunkstore.objects.chunking import FASTCDC, FIXED
 from chunkstore.objects.codec import DEFAULT_LEVEL
 from chunkstore.objects.link import looks_like_link
@@ -111,6 +112,14 @@ def get(
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
     bootstrap: BootstrapOpt = None,
+    wait: Annotated[
+        float,
+        typer.Option(
+            "--wait",
+            min=0,
+            help="Seconds to keep looking for the name and the file's holders while none is found.",
+        ),
+    ] = DEFAULT_PATIENCE,
     home: HomeOpt = None,
     json: JsonOpt = False,
 ) -> None:
@@ -141,6 +150,7 @@ def get(
                     force=force,
                     progress=bar,
                     on_total=bar and bar.total,
+                    patience=wait,
                 )
             except chunkstore.BootstrapFailed as e:
                 if shared is None or not shared.addresses:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -162,10 +163,13 @@ def test_short_lived_node_with_bootstrap_and_unknown_name(tmp_path: Path) -> Non
 
         # an unknown name is a clean "not found", and nothing is written
         proc = run_cli(
-            "get", "no-such-file", "-o", str(tmp_path / "x"), "--bootstrap", boot, home=home
-        )
+            "get", "no-such-file", "-o", str(tmp_path / "x"), "--bootstrap", boot, "--wait",
+            "1.5", home=home
+        )  # fmt: skip
         assert proc.returncode != 0
-        assert "no file named 'no-such-file'" in one_line_error(proc.stderr.decode())
+        error = one_line_error(proc.stderr.decode())
+        assert "no file named 'no-such-file'" in error
+        assert re.search(r"\(asked [2-9] times over [12] s\)", error), error  # kept looking
         assert not (tmp_path / "x").exists()
         proc = run_cli("get", "doc.bin", "-o", str(tmp_path / "y"), home=tmp_path / "lonely")
         assert "--bootstrap" in one_line_error(proc.stderr.decode())  # names the way out

@@ -37,6 +37,7 @@ from chunkstore.local.restore import restore
 from chunkstore.local.store import Store
 from chunkstore.net.lookup import Lookup, first_providers
 from chunkstore.net.name_resolution import resolve_target
+from chunkstore.net.patience import DEFAULT_PATIENCE, Backoff, retry_until_found, waited
 from chunkstore.net.providers import Holder
 from chunkstore.net.scheduler import DownloadScheduler, FailureKind, Request
 from chunkstore.net.transfer_client import TransferClient
@@ -93,17 +94,33 @@ class HolderSearch:
     `more` (while not None) is a task giving the holders the full lookup added, which never
     raises NetworkError; `close()` stops the search."""
 
-    def __init__(self, lookup: Lookup, manifest_id: bytes, clock: PhaseClock) -> None:
+    def __init__(
+        self,
+        lookup: Lookup,
+        manifest_id: bytes,
+        clock: PhaseClock,
+        deadline: float | None = None,
+    ) -> None:
         self.lookup = lookup
         self.manifest_id = manifest_id
         self.clock = clock
+        self.deadline = deadline
         self.known: list[Holder] = []
         self.more: asyncio.Task[list[Holder]] | None = None
+        self.asked = 0  # lookups made by start()
+        self.asked_seconds = 0.0
 
     async def start(self) -> None:
-        """The first holders (phase "manifest_holders"); a full lookup follows in the
-        background when the first answer may not be all (phase "manifest_holders_all")."""
-        found, complete = await first_providers(self.lookup, self.manifest_id, FIRST_HOLDERS)
+        """The first holders (phase "manifest_holders"), asked for again with backoff while
+        none is found, until the deadline; a full lookup follows in the background when the
+        first answer may not be all (phase "manifest_holders_all")."""
+        since = time.monotonic()
+        (found, complete), self.asked = await retry_until_found(
+            lambda: first_providers(self.lookup, self.manifest_id, FIRST_HOLDERS),
+            lambda answer: bool(answer[0]),
+            self.deadline,
+        )
+        self.asked_seconds = time.monotonic() - since
         self._add(found)
         self.clock.mark("manifest_holders")
         if not complete:
@@ -184,8 +201,30 @@ async def fetch_manifest(
             task.cancel()  # closes its connection: a silent holder is not waited for
         await asyncio.gather(*attempts, return_exceptions=True)
     if not tried:
-        raise NotFound(f"no holder of manifest {manifest_id.hex()} could be found")
+        raise NotFound(
+            f"no holder of manifest {manifest_id.hex()} could be found"
+            + waited(search.asked, search.asked_seconds)
+        )
     raise NetworkError(f"no holder served manifest {manifest_id.hex()}: {'; '.join(errors)}")
+
+
+async def fetch_manifest_patiently(
+    client: TransferClient, manifest_id: bytes, search: HolderSearch
+) -> Manifest:
+    """`fetch_manifest`, tried again with backoff until the search's deadline while every
+    holder fails (busy, silent, refusing): in a flash crowd the holders are busy, not gone.
+    Raises as `fetch_manifest` does once the deadline has passed."""
+    backoff = Backoff(time.monotonic() if search.deadline is None else search.deadline)
+    while True:
+        try:
+            return await fetch_manifest(client, manifest_id, search)
+        except NetworkError as e:
+            delay = backoff.next_delay(time.monotonic())
+            if delay is None:
+                if backoff.attempts > 1:
+                    raise NetworkError(f"{e} (tried {backoff.attempts} times)") from None
+                raise
+        await asyncio.sleep(delay)
 
 
 async def _manifest_from(client: TransferClient, holder: Holder, manifest_id: bytes) -> Manifest:
@@ -472,6 +511,7 @@ async def fetch_file(
     on_total: Callable[[int], None] | None = None,
     stall_seconds: float = STALL_SECONDS,
     started: float | None = None,
+    patience: float = DEFAULT_PATIENCE,
 ) -> GetResult:
     """Fetch `name_or_id` into the store and to `output`: a path (a regular file is written
     at chunk offsets as chunks arrive and renamed into place when complete), a stream
@@ -480,7 +520,9 @@ async def fetch_file(
     Raises NotFound (unknown name, no holder of the manifest), MissingChunks (some chunks had
     no reachable holder: what was fetched stays in the store, a retry resumes), InputError
     (output exists without `force`). A get that receives no chunk for `stall_seconds`
-    stops with MissingChunks.
+    stops with MissingChunks. The name, the manifest's holders and the manifest are asked
+    for again, with backoff, while none is found (or every holder fails), until `patience`
+    seconds after the start; the error then says how often it asked.
 
     Times in the result count from `started` (a `time.monotonic()` taken when the caller's
     get began, e.g. before it joined the DHT; default: the call of this function):
@@ -495,15 +537,16 @@ async def fetch_file(
     of the manifest)."""
     clock = PhaseClock(started)
     clock.mark("join")
-    target = await resolve_target(store, lookup, name_or_id)
+    deadline = clock.started + patience
+    target = await resolve_target(store, lookup, name_or_id, deadline)
     manifest_id = target.manifest_id
     clock.mark("name")
-    search = HolderSearch(lookup, manifest_id, clock)
+    search = HolderSearch(lookup, manifest_id, clock, deadline)
     try:
         await search.start()
         manifest = store.get_manifest(manifest_id)
         if manifest is None:
-            manifest = await fetch_manifest(client, manifest_id, search)
+            manifest = await fetch_manifest_patiently(client, manifest_id, search)
             store.put_manifest(manifest, pin=True, announce=False)  # announced once complete
         clock.mark("manifest")
         if on_total:

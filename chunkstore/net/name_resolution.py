@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from chunkstore.errors import AmbiguousName, InputError, NetworkError, NotFound
 from chunkstore.local.own_names import read_own_record
+from chunkstore.net.patience import retry_until_found, waited
 from chunkstore.objects.ids import looks_like_id
 from chunkstore.objects.name_record import NameRecord, format_key
 from chunkstore.objects.name_syntax import split_name_spec, validate_name
@@ -113,11 +114,15 @@ class Target:
     publisher: bytes | None = None
 
 
-async def resolve_target(store: Store, lookup: Lookup, text: str) -> Target:
+async def resolve_target(
+    store: Store, lookup: Lookup, text: str, deadline: float | None = None
+) -> Target:
     """The file a get of `text` (a manifest id, a name or NAME@KEY) fetches.
 
     A name pinned to a publisher whose record cannot be found now (gone from the network,
-    the DHT unreachable) keeps meaning the file last fetched under it, if the store has it."""
+    the DHT unreachable) keeps meaning the file last fetched under it, if the store has it.
+    A name with no such fallback is asked for again, with backoff, while the network knows
+    no record of it, until `deadline` (a time.monotonic(); None: asked once)."""
     if looks_like_id(text) and store.lookup_name(text) is None:
         return Target(bytes.fromhex(text))
     name, wanted = split_name_spec(text)
@@ -134,8 +139,13 @@ async def resolve_target(store: Store, lookup: Lookup, text: str) -> Target:
     if wanted is None and local is not None and (own is not None or not pinned):
         # this home's name, or a link's whose publisher is unknown: nothing to ask
         return Target(local)
+    # With a local file to fall back on, one answer decides (offline must stay quick).
+    patient = deadline if wanted is not None or local is None else None
+    asked_since = time.monotonic()
     try:
-        records = await lookup.find_name_records(name)
+        records, asked = await retry_until_found(
+            lambda: lookup.find_name_records(name), bool, patient
+        )
     except NetworkError:
         if wanted is None and local is not None:
             log.info("cannot reach the network for %r: using the local file", name)
@@ -151,13 +161,15 @@ async def resolve_target(store: Store, lookup: Lookup, text: str) -> Target:
             pinned=pinned,
             trusted=set(store.trusted()),
         )
-    except NotFound:
+    except NotFound as e:
         heard_from_pinned = any(r.publisher == pinned for r in records)
         if wanted is None and local is not None and pinned and not heard_from_pinned:
             # gone quiet (offline, expired), not unpublished: what was fetched still stands
             log.info("no record of %r by its pinned publisher: using the local file", name)
             return Target(local)
-        raise
+        if records:
+            raise
+        raise NotFound(f"{e}{waited(asked, time.monotonic() - asked_since)}") from None
     record = choice.record
     assert record.manifest_id is not None, "choose_record never returns a removal"
     if own is not None and record.publisher != own.publisher:
