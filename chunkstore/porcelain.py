@@ -439,7 +439,7 @@ async def _fetch_remote(
     async with contextlib.AsyncExitStack() as stack:
         try:
             lookup: Lookup | None = await stack.enter_async_context(
-                open_lookup(store.home, bootstrap)
+                open_lookup(store.home, bootstrap, patience)
             )
         except NoNetwork:  # the same verdict, said of what was asked for
             local = _local_get(

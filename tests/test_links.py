@@ -405,7 +405,7 @@ def unused_port() -> int:
 def test_link_whose_addresses_are_all_unreachable(tmp_path: Path) -> None:
     port = unused_port()
     token = Link(MID, "f.bin", (LinkAddress("127.0.0.1", port, port),)).encode()
-    proc = run_in(tmp_path, "get", token, "--home", str(tmp_path / "empty"))
+    proc = run_in(tmp_path, "get", token, "--home", str(tmp_path / "empty"), "--wait", "1")
     line = one_line_error(proc)
     assert "none of the link's addresses answered" in line and f"127.0.0.1:{port}" in line
     assert not (tmp_path / "f.bin").exists()

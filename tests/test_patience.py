@@ -4,11 +4,15 @@ over a lookup that finds nothing at first."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import time
 
 import pytest
 
-from chunkstore.errors import NetworkError
+from chunkstore.errors import BootstrapFailed, NetworkError
+from chunkstore.net.dht import DhtNode
+from chunkstore.net.lookup import open_lookup
 from chunkstore.net.patience import Backoff, retry_until_found, waited
 
 
@@ -69,3 +73,39 @@ def test_without_a_deadline_one_attempt_decides():
 def test_the_wait_is_said_only_after_several_attempts():
     assert waited(1, 0.0) == ""
     assert waited(5, 12.4) == " (asked 5 times over 12 s)"
+
+
+def test_a_join_through_a_node_that_answers_late_is_tried_again(tmp_path):
+    # The bootstrap address stays silent for its first ping (a node too busy to answer in
+    # time), then a real node answers there: a patient get joins; an impatient one fails.
+    host = "127.0.0.1"
+
+    async def main() -> None:
+        silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        silent.bind((host, 0))
+        silent.setblocking(False)
+        port = silent.getsockname()[1]
+        loop = asyncio.get_running_loop()
+        late = DhtNode()
+
+        async def answer_late() -> None:
+            await loop.sock_recv(silent, 4096)  # the first ping, left unanswered
+            silent.close()
+            await late.start(host, port)
+
+        try:
+            with pytest.raises(BootstrapFailed):
+                async with open_lookup(tmp_path / "impatient", [(host, port)]):
+                    pass
+            with contextlib.suppress(BlockingIOError):
+                while silent.recv(4096):  # the impatient join's pings: not the patient one's
+                    pass
+            switched = asyncio.create_task(answer_late())
+            async with open_lookup(tmp_path / "patient", [(host, port)], patience=30) as lookup:
+                assert switched.done()
+                assert await lookup.find_name_records("nothing.bin") == []
+        finally:
+            silent.close()
+            await late.stop()
+
+    asyncio.run(main())

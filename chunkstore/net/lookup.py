@@ -26,6 +26,7 @@ import aiohttp
 from chunkstore.errors import BootstrapFailed, NetworkError, NoNetwork
 from chunkstore.net.dht import DhtNode, dht_key
 from chunkstore.net.name_records import MAX_PUBLISHERS_PER_NAME
+from chunkstore.net.patience import Backoff
 from chunkstore.net.providers import Holder
 from chunkstore.objects.name_record import InvalidRecord, NameRecord
 
@@ -195,13 +196,16 @@ def _is_loopback(host: str) -> bool:
 
 
 @asynccontextmanager
-async def open_lookup(home: Path, bootstrap: Sequence[tuple[str, int]]) -> AsyncIterator[Lookup]:
+async def open_lookup(
+    home: Path, bootstrap: Sequence[tuple[str, int]], patience: float | None = None
+) -> AsyncIterator[Lookup]:
     """The best lookup for `home`: its node in this process and event loop, a node serving it
     (from another process or loop, through its local API), or a short-lived DHT node joined
     through `bootstrap` (stopped on exit).
 
     Raises NoNetwork when there is neither a node nor a bootstrap address, BootstrapFailed
-    when no bootstrap address answers."""
+    when no bootstrap address answers: at once (`patience` None), or after joins tried again
+    with backoff for `patience` seconds (a busy node answers late, not never)."""
     from chunkstore.net.node import Node, running_node
 
     local = Node.serving(home)
@@ -225,9 +229,18 @@ async def open_lookup(home: Path, bootstrap: Sequence[tuple[str, int]]) -> Async
     # One join per bootstrap contact: the DHT's join pings all its contacts before it asks
     # any of them for nodes, so one that never answers would hold up the others.
     joins: list[asyncio.Task] = []
+    backoff = Backoff(time.monotonic() + (patience or 0.0))
     try:
-        joins = [asyncio.create_task(dht.bootstrap([address])) for address in bootstrap]
-        await _first_contact(dht, joins, bootstrap)
+        while True:
+            joins[:] = [asyncio.create_task(dht.bootstrap([address])) for address in bootstrap]
+            try:
+                await _first_contact(dht, joins, bootstrap)
+                break
+            except BootstrapFailed:
+                delay = backoff.next_delay(time.monotonic())
+                if delay is None:
+                    raise
+            await asyncio.sleep(delay)
         yield DhtLookup(dht)
     finally:
         for join in joins:
