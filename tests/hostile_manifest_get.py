@@ -5,7 +5,11 @@ A holder on 127.0.0.1 serves a manifest of N chunks of 1 MiB each (N MiB declare
 answers every chunk request with a stored form that does not verify. The get must fail with
 MissingChunks, in bounded memory, never growing the output past the bytes verified (none).
 
-Usage: python -m tests.hostile_manifest_get DIR CHUNKS
+The hostile store is built by a first process ("build"), so that building a manifest of N
+entries does not count in the peak RSS of the process that runs the get ("get").
+
+Usage: python -m tests.hostile_manifest_get build DIR CHUNKS
+       python -m tests.hostile_manifest_get get DIR
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ class OneHolderLookup:
         return [self.holder]
 
 
-def hostile_store(home: Path, chunks: int) -> tuple[Store, str]:
+def build_hostile_store(home: Path, chunks: int) -> None:
     entries = [[object_id(i.to_bytes(8, "big")), MIB] for i in range(chunks)]
     chunker = ["fastcdc", MIB, 256 * 1024, 4 * MIB]
     data = msgpack.packb([MAGIC, FORMAT_VERSION, chunks * MIB, chunker, entries])
@@ -53,15 +57,17 @@ def hostile_store(home: Path, chunks: int) -> tuple[Store, str]:
     store.put_manifest(manifest, name="hostile.bin")
     ids = [ref.chunk_id for ref in manifest.chunks]
     store._transact(lambda txn: [txn.put(cid, b"\x00lies", db=store._chunks) for cid in ids])
-    return store, manifest.id.hex()
+    store.close()
 
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-async def main(work: Path, chunks: int) -> dict:
-    hostile, manifest_id = hostile_store(work / "hostile", chunks)
+async def main(work: Path) -> dict:
+    hostile = Store(work / "hostile")
+    _, manifest = hostile.resolve("hostile.bin")
+    manifest_id = manifest.id.hex()
     server = TransferServer(hostile)
     await server.start("127.0.0.1", 0)
     out_dir = work / "out"
@@ -105,4 +111,7 @@ async def main(work: Path, chunks: int) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(main(Path(sys.argv[1]), int(sys.argv[2])))))
+    if sys.argv[1] == "build":
+        build_hostile_store(Path(sys.argv[2]) / "hostile", int(sys.argv[3]))
+    else:
+        print(json.dumps(asyncio.run(main(Path(sys.argv[2])))))
