@@ -166,6 +166,9 @@ class DhtNode:
         )
         self._contacts_gained = 0
         self._contact_event: asyncio.Event | None = None
+        # Iterative lookups started (provider, name, node and announce lookups): the cost
+        # the simulator (benchmarks/dht_sim.py) reports per announce round.
+        self.lookups_made = 0
 
     @property
     def node_id(self) -> bytes:
@@ -438,6 +441,7 @@ class DhtNode:
         nearest = self._server.protocol.router.find_neighbors(target)
         if not nearest:
             return False
+        self.lookups_made += 1
         ksize, alpha = self._server.ksize, self._server.alpha
         lookup = crawl(target, nearest, ksize, alpha, lambda n: rpc(n, target), take, done)
         await self._bounded(lookup, what)
@@ -449,6 +453,7 @@ class DhtNode:
         if not nearest:
             log.info("no known DHT contacts: %s stays local", key.hex())
             return []
+        self.lookups_made += 1
         spider = NodeSpiderCrawl(
             self.protocol, target, nearest, self._server.ksize, self._server.alpha
         )

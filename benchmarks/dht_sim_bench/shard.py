@@ -1,0 +1,279 @@
+"""A shard: the simulated DHT nodes one process runs, on one event loop, and the commands the
+simulation gives them. `LocalShard` runs in the caller's loop; `RemoteShard` runs a shard in
+a child process (multiprocessing, spawn) and speaks to it over a pipe.
+
+Every node is a real `chunkstore.net.dht.DhtNode` on 127.0.0.1 with an OS-chosen port. The
+only thing added is a count of the UDP datagrams each node sends, taken at its transport
+(`CountingTransport`): the network itself is the real one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from chunkstore.net.dht import DhtNode
+from chunkstore.net.download import FIRST_HOLDERS
+from chunkstore.net.lookup import DhtLookup
+from chunkstore.net.providers import Holder
+
+HOST = "127.0.0.1"
+# The transfer port the announcer announces: never connected to, only looked for.
+ANNOUNCED_PORT = 4100
+# Joins a shard runs at once (each is an iterative lookup of the joining node's own id).
+JOIN_CONCURRENCY = 16
+# A command that takes longer than this is a hung simulation, not a slow one.
+COMMAND_TIMEOUT = 3600.0
+
+
+class CountingTransport:
+    """A node's UDP transport, counting the datagrams and bytes it sends; everything else
+    goes to the real transport."""
+
+    def __init__(self, inner: asyncio.DatagramTransport) -> None:
+        self._inner = inner
+        self.datagrams = 0
+        self.bytes = 0
+
+    def sendto(self, data: bytes, addr: Any = None) -> None:
+        self.datagrams += 1
+        self.bytes += len(data)
+        self._inner.sendto(data, addr)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+async def announce_keys(dht: DhtNode, keys: Sequence[bytes], port: int) -> int:
+    """Announce `keys` (20-byte DHT keys) through the node's own announce path for many keys:
+    the batched one when DhtNode has it, else `announce_many`. Returns how many keys at least
+    one remote node accepted (when the method says)."""
+    batched = getattr(dht, "announce_batched", None)
+    method = batched if batched is not None else dht.announce_many
+    accepted = await method(list(keys), port)
+    return len(accepted) if isinstance(accepted, set | list | dict) else len(keys)
+
+
+def announce_method(dht: DhtNode) -> str:
+    return "announce_batched" if hasattr(dht, "announce_batched") else "announce_many"
+
+
+class Shard:
+    """The nodes of one process, by global index."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[int, DhtNode] = {}
+        self.counters: dict[int, CountingTransport] = {}
+        self.stopped: dict[int, CountingTransport] = {}  # counts of stopped nodes stay
+
+    async def start_nodes(
+        self, specs: Sequence[tuple[int, bytes, tuple[str, int] | None]]
+    ) -> dict[int, int]:
+        """Start (index, node id, bootstrap address or None) nodes, at most JOIN_CONCURRENCY
+        joining at once; returns index -> UDP port."""
+        gate = asyncio.Semaphore(JOIN_CONCURRENCY)
+
+        async def one(index: int, node_id: bytes, boot: tuple[str, int] | None) -> None:
+            async with gate:
+                dht = DhtNode(node_id=node_id)
+                await dht.start(HOST, 0)
+                counter = CountingTransport(dht.protocol.transport)
+                dht.protocol.transport = counter
+                self.nodes[index], self.counters[index] = dht, counter
+                if boot is not None:
+                    await dht.bootstrap([boot])
+
+        async with asyncio.TaskGroup() as group:
+            for index, node_id, boot in specs:
+                group.create_task(one(index, node_id, boot))
+        return {i: self.nodes[i].port for i, _, _ in specs}
+
+    async def stop_nodes(self, indices: Sequence[int]) -> int:
+        """Stop these nodes (a departure: the socket closes, nothing is said to anyone)."""
+        stopping = [i for i in indices if i in self.nodes]
+        for index in stopping:
+            self.stopped[index] = self.counters.pop(index)
+        await asyncio.gather(*(self.nodes.pop(i).stop() for i in stopping))
+        return len(stopping)
+
+    async def datagrams(self) -> dict[str, int]:
+        """Datagrams and bytes sent so far by every node of the shard, stopped ones included."""
+        counters = [*self.counters.values(), *self.stopped.values()]
+        return {
+            "datagrams": sum(c.datagrams for c in counters),
+            "bytes": sum(c.bytes for c in counters),
+        }
+
+    async def node_datagrams(self, index: int) -> int:
+        counter = self.counters.get(index) or self.stopped[index]
+        return counter.datagrams
+
+    async def lookups_made(self, index: int) -> int:
+        return getattr(self.nodes[index], "lookups_made", -1)
+
+    async def announce(self, index: int, keys: Sequence[bytes]) -> dict[str, Any]:
+        """Node `index` announces `keys` (20-byte DHT keys) at ANNOUNCED_PORT."""
+        dht = self.nodes[index]
+        started = time.monotonic()
+        accepted = await announce_keys(dht, keys, ANNOUNCED_PORT)
+        return {
+            "method": announce_method(dht),
+            "accepted": accepted,
+            "seconds": time.monotonic() - started,
+        }
+
+    async def lookups(
+        self, tasks: Sequence[tuple[int, bytes]], concurrency: int
+    ) -> list[tuple[bool | None, float]]:
+        """Look up the holders of each (node index, object id) as a download does (the first
+        holders, FIRST_HOLDERS of them at most); (found the announcer, seconds) each, in order.
+        (None, 0.0) when the node had left before its lookup began (the caller picks live
+        nodes, but with churn running it may lose the race)."""
+        gate = asyncio.Semaphore(max(1, concurrency))
+        wanted = Holder(HOST, ANNOUNCED_PORT)
+
+        async def one(index: int, object_id: bytes) -> tuple[bool | None, float]:
+            async with gate:
+                dht = self.nodes.get(index)
+                if dht is None:
+                    return (None, 0.0)
+                started = time.monotonic()
+                try:
+                    found = await DhtLookup(dht).find_first_providers(object_id, FIRST_HOLDERS)
+                except Exception:  # noqa: BLE001 - a node stopped under the lookup
+                    return (False, time.monotonic() - started)
+                return (wanted in found, time.monotonic() - started)
+
+        return list(await asyncio.gather(*(one(i, o) for i, o in tasks)))
+
+    async def close(self) -> None:
+        await self.stop_nodes(list(self.nodes))
+
+
+class LocalShard:
+    """A shard in the caller's process and event loop."""
+
+    def __init__(self) -> None:
+        self.shard = Shard()
+
+    async def call(self, method: str, *args: Any) -> Any:
+        return await getattr(self.shard, method)(*args)
+
+    async def close(self) -> None:
+        await self.shard.close()
+
+
+def quiet_logs() -> None:
+    # Departed nodes are routine here: kademlia logs a WARNING for every one it drops.
+    logging.getLogger("kademlia").setLevel(logging.ERROR)
+    logging.getLogger("rpcudp").setLevel(logging.ERROR)
+    logging.getLogger("chunkstore").setLevel(logging.ERROR)
+
+
+def _worker(conn: Any) -> None:
+    """A child process: runs a Shard, one task per command, until told to close."""
+    quiet_logs()
+
+    async def serve() -> None:
+        shard = Shard()
+        loop = asyncio.get_running_loop()
+        running: set[asyncio.Task] = set()
+
+        async def run(req: int, method: str, args: tuple) -> None:
+            try:
+                result = await getattr(shard, method)(*args)
+                reply = (req, True, result)
+            except Exception as exc:  # noqa: BLE001 - reported to the controller
+                reply = (req, False, f"{type(exc).__name__}: {exc}")
+            conn.send(reply)
+
+        while True:
+            try:
+                message = await loop.run_in_executor(None, conn.recv)
+            except (EOFError, OSError):
+                message = None  # the controller is gone
+            if message is None:
+                break
+            task = asyncio.create_task(run(*message))
+            running.add(task)
+            task.add_done_callback(running.discard)
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        await shard.close()
+
+    try:
+        asyncio.run(serve())
+    finally:
+        with contextlib.suppress(OSError):
+            conn.close()
+
+
+class RemoteShard:
+    """A shard in a child process. `call` sends a command and awaits its answer; several
+    may be outstanding at once (the child runs each as a task)."""
+
+    def __init__(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self.process = context.Process(target=_worker, args=(child,), daemon=True)
+        self.process.start()
+        child.close()
+        self._next = 0
+        self._waiting: dict[int, asyncio.Future] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reader: threading.Thread | None = None
+        self._send_lock = threading.Lock()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                req, ok, result = self._conn.recv()
+            except (EOFError, OSError):
+                break
+            self._loop.call_soon_threadsafe(self._settle, req, ok, result)
+        self._loop.call_soon_threadsafe(self._fail_all)
+
+    def _settle(self, req: int, ok: bool, result: Any) -> None:
+        future = self._waiting.pop(req, None)
+        if future is None or future.done():
+            return
+        if ok:
+            future.set_result(result)
+        else:
+            future.set_exception(RuntimeError(f"shard process: {result}"))
+
+    def _fail_all(self) -> None:
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(RuntimeError("shard process ended"))
+        self._waiting.clear()
+
+    async def call(self, method: str, *args: Any) -> Any:
+        if self._reader is None:
+            self._loop = asyncio.get_running_loop()
+            self._reader = threading.Thread(target=self._read, daemon=True)
+            self._reader.start()
+        self._next += 1
+        req = self._next
+        future = self._loop.create_future()
+        self._waiting[req] = future
+        with self._send_lock:
+            self._conn.send((req, method, args))
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            return await future
+
+    async def close(self) -> None:
+        with contextlib.suppress(OSError, BrokenPipeError):
+            self._conn.send(None)
+        await asyncio.to_thread(self.process.join, 30)
+        if self.process.is_alive():
+            self.process.kill()
+            await asyncio.to_thread(self.process.join, 5)
+        self._conn.close()
