@@ -115,11 +115,16 @@ async def run_sim(config: SimConfig, progress: Progress = _nothing) -> dict[str,
     quiet_logs()
     rng = random.Random(config.seed)
     started = time.monotonic()
-    shards = (
-        [LocalShard()]
-        if config.processes == 1
-        else [RemoteShard() for _ in range(config.processes)]
-    )
+    shards: list[LocalShard | RemoteShard] = []
+    if config.processes == 1:
+        shards.append(LocalShard())
+    else:
+        try:
+            for _ in range(config.processes):
+                shards.append(await RemoteShard.open())
+        except BaseException:
+            await asyncio.gather(*(s.close() for s in shards), return_exceptions=True)
+            raise
     swarm = Swarm(shards)
     try:
         return await _run(config, swarm, rng, started, progress)

@@ -1,6 +1,6 @@
 """A shard: the simulated DHT nodes one process runs, on one event loop, and the commands the
 simulation gives them. `LocalShard` runs in the caller's loop; `RemoteShard` runs a shard in
-a child process (multiprocessing, spawn) and speaks to it over a pipe.
+a child process and speaks to it over its stdin and stdout.
 
 Every node is a real `chunkstore.net.dht.DhtNode` on 127.0.0.1 with an OS-chosen port. The
 only thing added is a count of the UDP datagrams each node sends, taken at its transport
@@ -12,10 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
-import threading
+import os
+import pickle
+import struct
+import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from chunkstore.net.dht import DhtNode
@@ -176,104 +179,126 @@ def quiet_logs() -> None:
     logging.getLogger("chunkstore").setLevel(logging.ERROR)
 
 
-def _worker(conn: Any) -> None:
-    """A child process: runs a Shard, one task per command, until told to close."""
-    quiet_logs()
+# Messages between the controller and a shard process: a 4-byte big-endian length, then a
+# pickle (both ends are this harness). Length 0 asks the shard to close.
+_HEADER = struct.Struct(">I")
 
-    async def serve() -> None:
-        shard = Shard()
-        loop = asyncio.get_running_loop()
-        running: set[asyncio.Task] = set()
 
-        async def run(req: int, method: str, args: tuple) -> None:
-            try:
-                result = await getattr(shard, method)(*args)
-                reply = (req, True, result)
-            except Exception as exc:  # noqa: BLE001 - reported to the controller
-                reply = (req, False, f"{type(exc).__name__}: {exc}")
-            conn.send(reply)
+def _frame(message: Any) -> bytes:
+    body = pickle.dumps(message)
+    return _HEADER.pack(len(body)) + body
 
-        while True:
-            try:
-                message = await loop.run_in_executor(None, conn.recv)
-            except (EOFError, OSError):
-                message = None  # the controller is gone
-            if message is None:
-                break
+
+async def _read_frame(reader: asyncio.StreamReader) -> Any | None:
+    """The next message, or None at end of stream or on a close request."""
+    try:
+        (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+        return pickle.loads(await reader.readexactly(size)) if size else None
+    except asyncio.IncompleteReadError:
+        return None
+
+
+async def _serve_controller() -> None:
+    """A shard process: runs a Shard, one task per command read from stdin, answers on the
+    original stdout (fd 1 itself goes to stderr, so nothing else can write into the pipe)."""
+    loop = asyncio.get_running_loop()
+    answers = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
+    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, answers)
+    writer = asyncio.StreamWriter(transport, protocol, None, loop)
+    shard = Shard()
+    running: set[asyncio.Task] = set()
+
+    async def run(req: int, method: str, args: tuple) -> None:
+        try:
+            reply = (req, True, await getattr(shard, method)(*args))
+        except Exception as exc:  # noqa: BLE001 - reported to the controller
+            reply = (req, False, f"{type(exc).__name__}: {exc}")
+        writer.write(_frame(reply))
+        await writer.drain()
+
+    try:
+        while (message := await _read_frame(reader)) is not None:
             task = asyncio.create_task(run(*message))
             running.add(task)
             task.add_done_callback(running.discard)
+    finally:
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
         await shard.close()
-
-    try:
-        asyncio.run(serve())
-    finally:
-        with contextlib.suppress(OSError):
-            conn.close()
+        writer.close()
 
 
 class RemoteShard:
-    """A shard in a child process. `call` sends a command and awaits its answer; several
-    may be outstanding at once (the child runs each as a task)."""
+    """A shard in a child process (`python -m benchmarks.dht_sim_bench.shard`), spoken to over
+    its stdin and stdout. `call` sends a command and awaits its answer; several may be
+    outstanding at once (the child runs each as a task). Made with `await RemoteShard.open()`."""
 
-    def __init__(self) -> None:
-        context = multiprocessing.get_context("spawn")
-        self._conn, child = context.Pipe()
-        self.process = context.Process(target=_worker, args=(child,), daemon=True)
-        self.process.start()
-        child.close()
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
         self._next = 0
         self._waiting: dict[int, asyncio.Future] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._reader: threading.Thread | None = None
-        self._send_lock = threading.Lock()
+        self._reader = asyncio.create_task(self._read())
 
-    def _read(self) -> None:
-        while True:
-            try:
-                req, ok, result = self._conn.recv()
-            except (EOFError, OSError):
-                break
-            self._loop.call_soon_threadsafe(self._settle, req, ok, result)
-        self._loop.call_soon_threadsafe(self._fail_all)
+    @classmethod
+    async def open(cls) -> RemoteShard:
+        root = str(Path(__file__).resolve().parents[2])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "benchmarks.dht_sim_bench.shard",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        return cls(process)
 
-    def _settle(self, req: int, ok: bool, result: Any) -> None:
-        future = self._waiting.pop(req, None)
-        if future is None or future.done():
-            return
-        if ok:
-            future.set_result(result)
-        else:
-            future.set_exception(RuntimeError(f"shard process: {result}"))
-
-    def _fail_all(self) -> None:
+    async def _read(self) -> None:
+        while (message := await _read_frame(self.process.stdout)) is not None:
+            req, ok, result = message
+            future = self._waiting.pop(req, None)
+            if future is None or future.done():
+                continue
+            if ok:
+                future.set_result(result)
+            else:
+                future.set_exception(RuntimeError(f"shard process: {result}"))
         for future in self._waiting.values():
             if not future.done():
                 future.set_exception(RuntimeError("shard process ended"))
         self._waiting.clear()
 
     async def call(self, method: str, *args: Any) -> Any:
-        if self._reader is None:
-            self._loop = asyncio.get_running_loop()
-            self._reader = threading.Thread(target=self._read, daemon=True)
-            self._reader.start()
+        if self._reader.done():
+            raise RuntimeError("shard process ended")
         self._next += 1
-        req = self._next
-        future = self._loop.create_future()
-        self._waiting[req] = future
-        with self._send_lock:
-            self._conn.send((req, method, args))
+        future = asyncio.get_running_loop().create_future()
+        self._waiting[self._next] = future
+        self.process.stdin.write(_frame((self._next, method, args)))
+        await self.process.stdin.drain()
         async with asyncio.timeout(COMMAND_TIMEOUT):
             return await future
 
     async def close(self) -> None:
-        with contextlib.suppress(OSError, BrokenPipeError):
-            self._conn.send(None)
-        await asyncio.to_thread(self.process.join, 30)
-        if self.process.is_alive():
+        with contextlib.suppress(OSError, ConnectionError):
+            self.process.stdin.write(_HEADER.pack(0))
+            await self.process.stdin.drain()
+            self.process.stdin.close()
+        try:
+            async with asyncio.timeout(30):
+                await self.process.wait()
+        except TimeoutError:
             self.process.kill()
-            await asyncio.to_thread(self.process.join, 5)
-        self._conn.close()
+            await self.process.wait()
+        self._reader.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)
+
+
+if __name__ == "__main__":
+    quiet_logs()
+    asyncio.run(_serve_controller())
