@@ -44,6 +44,21 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"| {label} ({st['count']}) | {st['success']:.1%} | {_s(st['p50_s'])} | "
             f"{_s(st['p95_s'])} | {_s(st['p99_s'])} | {_s(st['max_s'])} |"
         )
+    sweeps = report.get("sweeps", {})
+    if sweeps:
+        lines += [
+            "",
+            f"| one node looks up all {cfg['keys']} keys, as a download its chunks "
+            "| found | seconds | datagrams sent per key |",
+            "|---|---:|---:|---:|",
+        ]
+        for label, key in (("before churn", "before"), ("after churn", "after")):
+            sw = sweeps.get(key)
+            if sw is not None:
+                lines.append(
+                    f"| {label} | {sw['found']}/{sw['keys']} | {sw['seconds']:.1f} | "
+                    f"{sw['datagrams_per_key']:.1f} |"
+                )
     lines += [
         "",
         "| time (T) | nodes gone | keys findable |",

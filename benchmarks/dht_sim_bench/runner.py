@@ -194,6 +194,7 @@ async def _run(
         )
     )
     progress(f"before churn: {before.success:.1%} found, p95 {before.latency(95):.2f} s")
+    sweeps = {"before": await sweep(swarm, rng, announcer, object_ids)}
 
     dist = Weibull.gone_by(config.churn, 1.0, config.shape)
     leavers = sorted(set(range(n)) - {announcer})
@@ -216,6 +217,7 @@ async def _run(
             )
         )
         progress(f"after churn: {after.success:.1%} found, p95 {after.latency(95):.2f} s")
+        sweeps["after"] = await sweep(swarm, rng, announcer, object_ids)
         survival.append(
             {"t": 1.0, "gone": 1 - alive_at_t / n, "alive": alive_at_t, **_found(after)}
         )
@@ -237,6 +239,7 @@ async def _run(
         "announcer": announcer,
         "announce": announce,
         "lookups": {"before": before.as_dict(), "after": after.as_dict()},
+        "sweeps": sweeps,
         "survival": survival,
         "weibull": {"shape": dist.shape, "scale_T": dist.scale},
         "wall_seconds": time.monotonic() - started,
@@ -247,6 +250,15 @@ async def _run(
     }
     report["goals"] = goals(report)
     return report
+
+
+async def sweep(
+    swarm: Swarm, rng: random.Random, announcer: int, object_ids: Sequence[bytes]
+) -> dict[str, Any]:
+    """One random live node looks up every key, as a download looks up its chunks."""
+    node = rng.choice(sorted(swarm.alive - {announcer}))
+    result = await swarm.shard_of(node).call("sweep", node, list(object_ids))
+    return {**result, "node": node, "datagrams_per_key": result["datagrams"] / len(object_ids)}
 
 
 def _found(stats: LookupStats) -> dict[str, Any]:

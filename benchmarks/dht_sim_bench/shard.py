@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from chunkstore.net.dht import DhtNode
-from chunkstore.net.download import FIRST_HOLDERS
+from chunkstore.net.download import FIRST_HOLDERS, LOOKUP_CONCURRENCY
 from chunkstore.net.lookup import DhtLookup
 from chunkstore.net.providers import Holder
 
@@ -154,6 +154,36 @@ class Shard:
                 return (wanted in found, time.monotonic() - started)
 
         return list(await asyncio.gather(*(one(i, o) for i, o in tasks)))
+
+    async def sweep(self, index: int, object_ids: Sequence[bytes]) -> dict[str, Any]:
+        """Node `index` looks up the holders of every object as a download looks up its
+        chunks' (full lookups, LOOKUP_CONCURRENCY at a time, from one node: what it learns
+        of departed contacts in one lookup spares the others)."""
+        dht = self.nodes[index]
+        lookup = DhtLookup(dht)
+        wanted = Holder(HOST, ANNOUNCED_PORT)
+        queue = list(reversed(object_ids))
+        found = 0
+        counter = self.counters[index]
+        sent_before = counter.datagrams
+        started = time.monotonic()
+
+        async def worker() -> None:
+            nonlocal found
+            while queue and index in self.nodes:  # churn may stop this node too
+                holders = await lookup.find_providers(queue.pop())
+                found += wanted in holders  # after the await: `found` may have moved
+
+        async with asyncio.TaskGroup() as group:
+            for _ in range(min(LOOKUP_CONCURRENCY, len(object_ids))):
+                group.create_task(worker())
+        return {
+            "keys": len(object_ids),
+            "found": found,
+            "seconds": time.monotonic() - started,
+            "datagrams": counter.datagrams - sent_before,
+            "left_early": index not in self.nodes,
+        }
 
     async def close(self) -> None:
         await self.stop_nodes(list(self.nodes))
