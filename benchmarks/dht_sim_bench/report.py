@@ -34,6 +34,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{ann['datagrams_all_nodes_per_key']:.2f} |",
         f"| lookups per announce round ({cfg['keys']} keys) | {lookups} |",
         f"| keys accepted by at least one node | {ann['accepted']} of {cfg['keys']} |",
+        f"| of each key's 20 closest nodes (brute force), share keeping its record | "
+        f"{ann['placement']['mean_fraction_of_k_closest']:.1%} (min "
+        f"{ann['placement']['min_fraction_of_k_closest']:.0%}) |",
         f"| announce time, s | {ann['seconds']:.1f} |",
         "",
         "| lookups | success | p50 s | p95 s | p99 s | max s |",
@@ -78,7 +81,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"Joined in {report['join_seconds']:.1f} s; whole run {report['wall_seconds']:.1f} s; "
         f"peak RSS {report['peak_rss_mib']['controller']:.0f} MiB (controller), "
-        f"{report['peak_rss_mib']['children_max']:.0f} MiB (largest shard process).",
+        f"{report['peak_rss_mib']['shards_max']:.0f} MiB (largest shard process).",
     ]
     return "\n".join(lines) + "\n"
 

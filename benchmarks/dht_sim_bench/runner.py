@@ -175,6 +175,7 @@ async def _run(
         "lookups": lookups_made if lookups_made >= 0 else None,
         "keys_per_lookup": config.keys / lookups_made if lookups_made > 0 else None,
     }
+    announce["placement"] = await placement(swarm, node_ids, object_ids[: config.survival_keys])
     progress(
         f"announced in {announced['seconds']:.1f} s: {own / config.keys:.1f} datagrams/key, "
         f"{lookups_made} lookups"
@@ -245,7 +246,9 @@ async def _run(
         "wall_seconds": time.monotonic() - started,
         "peak_rss_mib": {
             "controller": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "children_max": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+            "shards_max": max(
+                await asyncio.gather(*(s.call("peak_rss_mib") for s in swarm.shards))
+            ),
         },
     }
     report["goals"] = goals(report)
@@ -259,6 +262,35 @@ async def sweep(
     node = rng.choice(sorted(swarm.alive - {announcer}))
     result = await swarm.shard_of(node).call("sweep", node, list(object_ids))
     return {**result, "node": node, "datagrams_per_key": result["datagrams"] / len(object_ids)}
+
+
+async def placement(
+    swarm: Swarm, node_ids: Sequence[bytes], object_ids: Sequence[bytes], ksize: int = 20
+) -> dict[str, Any]:
+    """Where the records of `object_ids` are, against a brute-force computation of each key's
+    k closest running nodes: the mean fraction of those k that keep the record, and the
+    fraction of keys whose closest node keeps it."""
+    keys = [o[:20] for o in object_ids]
+    holding: dict[int, set[int]] = {k: set() for k in range(len(keys))}
+    for part in await asyncio.gather(*(s.call("holding", keys) for s in swarm.shards)):
+        for k, nodes in part.items():
+            holding[int(k)].update(nodes)
+    alive = sorted(swarm.alive)
+    on_closest, closest_holds, held_elsewhere = [], 0, 0
+    for k, key in enumerate(keys):
+        target = int.from_bytes(key, "big")
+        closest = sorted(alive, key=lambda i: int.from_bytes(node_ids[i], "big") ^ target)
+        truth = set(closest[:ksize])
+        on_closest.append(len(holding[k] & truth) / len(truth))
+        closest_holds += closest[0] in holding[k]
+        held_elsewhere += len(holding[k] - truth)
+    return {
+        "keys": len(keys),
+        "mean_fraction_of_k_closest": sum(on_closest) / len(keys),
+        "min_fraction_of_k_closest": min(on_closest),
+        "closest_holds": closest_holds / len(keys),
+        "records_outside_k_closest_per_key": held_elsewhere / len(keys),
+    }
 
 
 def _found(stats: LookupStats) -> dict[str, Any]:

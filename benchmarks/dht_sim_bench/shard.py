@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import pickle
+import resource
 import struct
 import sys
 import time
@@ -184,6 +185,18 @@ class Shard:
             "datagrams": counter.datagrams - sent_before,
             "left_early": index not in self.nodes,
         }
+
+    async def holding(self, keys: Sequence[bytes]) -> dict[int, list[int]]:
+        """For each of `keys` (by position), the running nodes of this shard that keep a
+        provider record of it."""
+        now = time.monotonic()
+        return {
+            k: [i for i, dht in self.nodes.items() if dht.providers.get(key, now)]
+            for k, key in enumerate(keys)
+        }
+
+    async def peak_rss_mib(self) -> float:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     async def close(self) -> None:
         await self.stop_nodes(list(self.nodes))
