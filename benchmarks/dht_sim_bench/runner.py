@@ -165,6 +165,8 @@ async def _run(
     own = await home.call("node_datagrams", announcer) - own_before
     everyone = await swarm.datagrams() - all_before
     lookups_made = await home.call("lookups_made", announcer) - lookups_before
+    if announced["reported_lookups"] is not None:
+        lookups_made = max(lookups_made, announced["reported_lookups"])
     announce = {
         **announced,
         "keys": config.keys,

@@ -126,10 +126,13 @@ class Shard:
         dht = self.nodes[index]
         started = time.monotonic()
         accepted = await announce_keys(dht, keys, ANNOUNCED_PORT)
+        # A batched announce reports its own lookups (DhtNode.last_sweep, when it has one).
+        sweep = getattr(dht, "last_sweep", None)
         return {
             "method": announce_method(dht),
             "accepted": accepted,
             "seconds": time.monotonic() - started,
+            "reported_lookups": getattr(sweep, "lookups", None),
         }
 
     async def lookups(
