@@ -112,6 +112,13 @@ def test_a_node_learnt_late_is_chosen_when_it_is_closer():
     assert key_int(plan.holders(keys[0])[0]) == late
 
 
+def test_a_lookup_nobody_answered_proves_nothing():
+    plan = AnnouncePlan([key_bytes(5), key_bytes(6)], 20)
+    plan.learn_node(key_bytes(7))  # the announcer itself
+    plan.learn(key_bytes(5), [], 40, True)
+    assert plan.next_target() == key_bytes(5)
+
+
 def test_no_node_known_settles_nothing():
     plan = AnnouncePlan([key_bytes(1), key_bytes(2)], 20)
     assert plan.next_target() == key_bytes(1)

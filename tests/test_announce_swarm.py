@@ -33,8 +33,9 @@ def run(main):
 async def settled_swarm(size, seed):
     """`size` nodes (k = 20), each bootstrapped off a random earlier one and then once more off
     a random other (as a periodic table refresh would), so their tables are as a running
-    network's, not only as each one's first join left them."""
-    nodes = await start_swarm(size, seed=seed)
+    network's, not only as each one's first join left them. RPCs wait 2 s, not 1: on a
+    loaded test machine a live node must not pass for a departed one."""
+    nodes = await start_swarm(size, seed=seed, rpc_timeout=2.0)
     try:
         rng = random.Random(seed)
         for node in nodes:
@@ -94,6 +95,28 @@ def test_keys_of_a_sparse_region_still_reach_their_closest_nodes():
                 expected = {n.node_id for n in brute_force_closest(nodes, key, 20)}
                 assert holding(nodes, key, me) == expected
             assert nodes[3].last_sweep.lookups <= len(keys)
+        finally:
+            await stop_swarm(nodes)
+
+    run(main)
+
+
+def test_departed_nodes_are_passed_over_and_the_live_closest_hold_every_key():
+    async def main():
+        nodes = await settled_swarm(80, seed=13)
+        try:
+            announcer = nodes[0]
+            # a sixth of the swarm leaves without a word; the others' tables still name them
+            gone = random.Random(13).sample(nodes[1:], 13)
+            for node in gone:
+                await node.stop()
+            live = [n for n in nodes if n not in gone]
+            keys = [os.urandom(20) for _ in range(300)]
+            assert await announcer.announce_many(keys, PORT) == set(keys)
+            me = Holder(LOCAL, PORT)
+            for key in keys:
+                expected = {n.node_id for n in brute_force_closest(live, key, 20)}
+                assert holding(live, key, me) == expected
         finally:
             await stop_swarm(nodes)
 

@@ -141,8 +141,8 @@ class AnnouncePlan:
         ids = sorted({key_int(n) for n in answered}, key=lambda n: n ^ centre)
         for node_id in ids:
             self.learn_node(key_bytes(node_id))
-        if not finished:
-            return
+        if not finished or not ids:
+            return  # a lookup nobody answered proves nothing, not an empty network
         radius = LAST_KEY if len(ids) < width else ids[width - 1] ^ centre
         for low, high in ball_blocks(centre, radius):
             self._coverage.add(low, high)

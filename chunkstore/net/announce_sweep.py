@@ -6,11 +6,10 @@ lookup (crawl.py) asks the nodes closest to it with get_providers (whose answers
 write token each node wants), and the plan settles every key whose k closest nodes that
 lookup proved. A node is asked again only when none of its answers so far says what it would
 answer now (announce_plan.answer_serves): the lookups of neighbouring regions cost little
-more than the nodes they add. Then each chosen
-node gets all of its keys in add_providers datagrams (MAX_KEYS_PER_ADD keys each).
+more than the nodes they add. Then each chosen node gets all of its keys in add_providers
+datagrams (MAX_KEYS_PER_ADD keys each).
 
-Measured (tests/test_announce_swarm.py, 150 nodes on loopback, 800 keys): see
-docs/design.md, "Announcing".
+Measured with benchmarks/announce_batching.py: see docs/design.md, "Announcing".
 """
 
 from __future__ import annotations
@@ -143,9 +142,9 @@ async def sweep_announce(
 
 
 async def _settle(sweep: _Sweep, plan: AnnouncePlan, alpha: int, lookup_timeout: float) -> None:
-    """Look up the plan's targets until every key is settled; a lookup that times out
-    settles its target on what is known (best effort), so this ends after at most one
-    lookup per key."""
+    """Look up the plan's targets until every key is settled; a lookup that times out or
+    that nobody answered settles its target on what is known (best effort), so this ends
+    after at most one lookup per key."""
     width = sweep.width
     while (key := plan.next_target()) is not None:
         target = Node(key)
@@ -170,8 +169,8 @@ async def _settle(sweep: _Sweep, plan: AnnouncePlan, alpha: int, lookup_timeout:
             log.info("region lookup toward %s did not finish", key.hex())
             finished = False
         plan.learn(key, answered, width, finished)
-        if not finished:
-            plan.settle_key(key)
+        if not finished or not answered:
+            plan.settle_key(key)  # looking it up again would fail again: best effort
     plan.settle_rest()
 
 
