@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import time
@@ -12,22 +11,12 @@ import pytest
 from benchmarks.announce_batching import sent_datagrams, start_swarm, stop_swarm
 from chunkstore.net.announce_plan import key_int
 from chunkstore.net.providers import Holder
+from tests.test_dht import run
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
 LOCAL = "127.0.0.1"
 PORT = 9300
-
-
-def run(main):
-    errors = []
-
-    async def wrapper():
-        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: errors.append(ctx))
-        await main()
-
-    asyncio.run(wrapper())
-    assert errors == []
 
 
 async def settled_swarm(size, seed):
