@@ -24,7 +24,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     lookups = "–" if ann["lookups"] is None else str(ann["lookups"])
     lines = [
         f"**DHT simulator**: {cfg['nodes']} nodes in {cfg['processes']} process(es), "
-        f"{cfg['keys']} keys announced by one node (`{ann['method']}`), {cfg['lookups']} "
+        f"{cfg['keys']} keys announced by one node (`{ann['method']}`, "
+        f"{'batched by region' if ann.get('batched') else 'one lookup per key'}), {cfg['lookups']} "
         f"lookups before and after churn ({mode}), seed {cfg['seed']}",
         "",
         "| announce | figure |",

@@ -133,6 +133,7 @@ class Shard:
             "accepted": accepted,
             "seconds": time.monotonic() - started,
             "reported_lookups": getattr(sweep, "lookups", None),
+            "batched": sweep is not None or announce_method(dht) == "announce_batched",
         }
 
     async def lookups(
