@@ -13,7 +13,9 @@ Named databases:
              whole), written in the transaction that makes it so: a node answers "I hold
              it" from this small table instead of reading the manifest's chunk list
   announce   kind byte + object id -> b"" : ids to announce on the DHT when a node runs;
-             the kind leads the key so manifests (b"m") are read before chunks (b"c")
+             the kind leads the key so manifests (b"m") are read before chunks (b"c");
+             and b"r" -> the progress of the running re-announce round (net/announce_pacing.py
+             encodes it), so a restarted node resumes the round
   leases     pid.n (ascii) -> b"" : writers in progress, so gc never frees their chunks
   published  name (utf-8) -> this home's latest signed name record of it (a removal too)
   name_pins  name (utf-8) -> publisher key of the file fetched under it (trust on first use;
@@ -53,6 +55,7 @@ INITIAL_MAP_SIZE = 1 << 40
 LOW_DISK_BYTES = 64 * 1024 * 1024
 KIND_CHUNK = b"c"
 KIND_MANIFEST = b"m"
+ANNOUNCE_ROUND_KEY = b"r"  # in the announce table: never a kind + id (ids are 32 bytes)
 DATABASES = (
     "chunks",
     "chunk_index",
@@ -551,6 +554,34 @@ class Store:
         """Drop announced (object id, kind) pairs from the queue."""
         keys = [kind + oid for oid, kind in items]
         self._transact(lambda txn: [txn.delete(k, db=self._announce) for k in keys])
+
+    def announce_progress(self) -> bytes | None:
+        """The saved progress of the re-announce round (opaque here), or None."""
+        with self._read() as txn:
+            data = txn.get(ANNOUNCE_ROUND_KEY, db=self._announce)
+            return bytes(data) if data is not None else None
+
+    def save_announce_progress(self, data: bytes) -> None:
+        self._transact(lambda txn: txn.put(ANNOUNCE_ROUND_KEY, data, db=self._announce))
+
+    def chunk_ids_after(self, cursor: bytes, limit: int) -> list[bytes]:
+        """Up to `limit` chunk ids above `cursor` (b"": from the first), in id order, from
+        the small index; reads only what it returns."""
+        ids: list[bytes] = []
+        with self._read() as txn:
+            cur = txn.cursor(db=self._index)
+            found = cur.set_range(cursor) if cursor else cur.first()
+            while found and len(ids) < limit:
+                key = cur.key()
+                if key != cursor:
+                    ids.append(bytes(key))
+                found = cur.next()
+        return ids
+
+    def chunk_count(self) -> int:
+        """How many chunks the store holds."""
+        with self._read() as txn:
+            return txn.stat(self._index)["entries"]
 
     def chunk_ids(self) -> list[bytes]:
         """Every chunk id in the store, from the small index (no chunk is read)."""

@@ -36,6 +36,7 @@ from kademlia.node import Node
 
 from chunkstore.errors import NetworkError
 from chunkstore.net.address_scope import scope_of
+from chunkstore.net.announce_sweep import SWEEP_SLICES, SweepReport, sweep_announce
 from chunkstore.net.crawl import crawl
 from chunkstore.net.handover import HandOver, OwnRecords
 from chunkstore.net.name_records import NameRecordStore
@@ -166,6 +167,10 @@ class DhtNode:
         )
         self._contacts_gained = 0
         self._contact_event: asyncio.Event | None = None
+        # Iterative lookups started through _crawl and _closest_nodes (provider, name, node
+        # and per-key announce lookups; a batched announce counts its own in last_sweep).
+        self.lookups_made = 0
+        self.last_sweep: SweepReport | None = None  # what the last announce_many did
 
     @property
     def node_id(self) -> bytes:
@@ -275,8 +280,9 @@ class DhtNode:
         """Record this node as a holder of `key` (a 20-byte DHT key) at `transfer_port`, on the
         k closest nodes and locally (locally only once this node knows its address). Remote
         nodes record the address they see us at. Returns how many remote nodes accepted the
-        record; records expire after the store TTL (24 h by default), so re-announce before
-        that."""
+        record; records expire after the store TTL (48 h by default), so re-announce before
+        that. The fast path for one key (a new file's manifest); many keys go through
+        `announce_many`."""
         self._require_running()
         if not is_key(key):
             raise ValueError(f"a DHT key is {DHT_KEY_SIZE} bytes; use dht_key()")
@@ -294,28 +300,44 @@ class DhtNode:
         return sum(1 for ok, accepted in results if ok and accepted)
 
     async def announce_many(
-        self, keys: Iterable[bytes], transfer_port: int, concurrency: int = 8
+        self, keys: Iterable[bytes], transfer_port: int, concurrency: int = SWEEP_SLICES
     ) -> set[bytes]:
-        """`announce` every key with at most `concurrency` lookups in flight; returns the keys
-        at least one remote node accepted (the others are worth retrying later)."""
+        """Record this node as a holder of every key (20-byte DHT keys) at `transfer_port`,
+        batched by keyspace region (announce_sweep.py): a few lookups find the k closest
+        nodes of every key, `concurrency` regions at a time, and each of those nodes gets all
+        its keys in add_providers datagrams; locally too, for the keys this node is itself
+        among the k closest of (once it knows its address). Returns the keys at least one
+        remote node accepted (the others are worth retrying later)."""
         self._require_running()
         keys = list(keys)
         for key in keys:
             if not is_key(key):
                 raise ValueError(f"a DHT key is {DHT_KEY_SIZE} bytes; use dht_key()")
-        pending = iter(keys)
-        accepted: set[bytes] = set()
+        if not is_port(transfer_port):
+            raise ValueError("transfer port must be in 1..65535")
+        if self._own_host is None:
+            for node in self.protocol.router.find_neighbors(self._server.node, k=1):
+                self._learn_own_host(await self.protocol.observed_address((node.ip, node.port)))
 
-        async def worker() -> None:
-            # one shared iterator: each key is taken by exactly one worker
-            for key in pending:
-                if await self.announce(key, transfer_port) > 0:
-                    accepted.add(key)
+        def record_locally(mine: list[bytes]) -> None:
+            if self._own_host is not None:
+                holder, now = Holder(self._own_host, transfer_port), time.monotonic()
+                for key in mine:
+                    self.providers.add(key, holder, now)
 
-        async with asyncio.TaskGroup() as group:
-            for _ in range(max(1, min(concurrency, len(keys)))):
-                group.create_task(worker())
-        return accepted
+        report = await sweep_announce(
+            self.protocol,
+            self._server.node,
+            keys,
+            transfer_port,
+            ksize=self._server.ksize,
+            alpha=self._server.alpha,
+            lookup_timeout=self.lookup_timeout,
+            record_locally=record_locally,
+            slices=concurrency,
+        )
+        self.last_sweep = report
+        return report.accepted
 
     async def find_providers(self, key: bytes, limit: int = 20) -> list[Holder]:
         """Up to `limit` holders of `key` (a 20-byte DHT key), without duplicates: the records
@@ -438,6 +460,7 @@ class DhtNode:
         nearest = self._server.protocol.router.find_neighbors(target)
         if not nearest:
             return False
+        self.lookups_made += 1
         ksize, alpha = self._server.ksize, self._server.alpha
         lookup = crawl(target, nearest, ksize, alpha, lambda n: rpc(n, target), take, done)
         await self._bounded(lookup, what)
@@ -449,6 +472,7 @@ class DhtNode:
         if not nearest:
             log.info("no known DHT contacts: %s stays local", key.hex())
             return []
+        self.lookups_made += 1
         spider = NodeSpiderCrawl(
             self.protocol, target, nearest, self._server.ksize, self._server.alpha
         )

@@ -4,11 +4,14 @@ One runs per home (`chunkstore serve`, or `chunkstore.Node` in a program). It wr
 `node.json` in the home so that commands on the same machine use it (its DHT, through the
 local API on 127.0.0.1) instead of starting a DHT node of their own.
 
-Announcing: the store's queue (complete files' manifests first, then chunks) and this home's
-own signed name records (re-signed before they expire; never names fetched from others).
-An id leaves the queue only once a remote node accepted it; the rest is retried with backoff
-(RetryBackoff), at once when a contact joins. Meanwhile the node answers provider queries for
-what its store holds whole, and hands its records to contacts that join (dht.py).
+Announcing: the store's queue (new objects: complete files' manifests first, one lookup each,
+then chunks in region batches), the re-announce round (every chunk held, in id order, spread
+over the interval and resumed after a restart: announce_pacing.py), and this home's own
+signed name records (re-signed before they expire; never names fetched from others). An id
+leaves the queue only once a remote node accepted it; the rest is retried with backoff
+(RetryBackoff), at once when a contact joins; ids of the round nobody accepted join the
+queue. Meanwhile the node answers provider queries for what its store holds whole, and hands
+its records to contacts that join (dht.py).
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ from chunkstore.errors import ChunkstoreError, InputError, NetworkError
 from chunkstore.local.identity import Identity, load_identity
 from chunkstore.local.output import as_output
 from chunkstore.local.own_names import read_own_record, record_own_name, refreshed
-from chunkstore.local.store import KIND_MANIFEST, Store
+from chunkstore.local.store import KIND_CHUNK, KIND_MANIFEST, Store
 from chunkstore.net.addresses import parse_addresses
+from chunkstore.net.announce_pacing import AnnounceRound, due_now, next_round, round_to_run
 from chunkstore.net.dht import Contact, DhtNode, OwnRecords, dht_key, load_contacts
 from chunkstore.net.download import Progress, fetch_file
 from chunkstore.net.lookup import DhtLookup
@@ -58,10 +62,17 @@ from chunkstore.results import GetResult
 log = logging.getLogger(__name__)
 
 CONTACTS_FILE = "contacts.json"
-ANNOUNCE_BATCH = 256
-ANNOUNCE_CONCURRENCY = 16
-# Provider records live 24 h on other nodes (providers.py): re-announce well before.
-REANNOUNCE_SECONDS = 6 * 3600.0
+# Ids taken from the announce queue, or from the re-announce round, per batched announce: a
+# batch costs a few lookups per keyspace region whatever its size (announce_sweep.py), so
+# larger batches cost fewer datagrams per key; 16,384 DHT keys are ~330 KB in memory.
+ANNOUNCE_BATCH = 16_384
+# New files' manifests are announced one lookup each (the fast path), this many at once.
+MANIFEST_CONCURRENCY = 16
+# Provider records are valid 48 h (providers.py) and re-announced every 22 h: kubo's figures,
+# chosen from measured DHT churn (a record stored on the k closest nodes is still on enough of
+# them a day later). A record then outlives one missed round with 4 h to spare. Name records
+# are re-signed on the same timer and valid 48 h too (objects/name_record.py).
+REANNOUNCE_SECONDS = 22 * 3600.0
 SAVE_CONTACTS_SECONDS = 60.0
 IDLE_POLL_SECONDS = 0.25
 # An announcement no remote node accepted stays queued and is retried after a delay doubling
@@ -128,6 +139,7 @@ class Node:
         upload_rate: float | None = None,
         max_concurrent: int = 32,
         reannounce_seconds: float = REANNOUNCE_SECONDS,
+        announce_batch: int = ANNOUNCE_BATCH,
     ) -> None:
         if not 0 <= port < 65536:
             raise InputError(f"port must be 0..65535, not {port}")
@@ -138,6 +150,10 @@ class Node:
         self.requested_port = port
         self.bootstrap = parse_addresses(bootstrap)
         self.reannounce_seconds = reannounce_seconds
+        if announce_batch < 1:
+            raise InputError("announce_batch must be positive")
+        self.announce_batch = announce_batch
+        self._round: AnnounceRound | None = None  # set by start()
         self.dht = DhtNode(local_holdings=self._held_here, own_records=self._own_records)
         self.transfer = TransferServer(
             self.store, upload_rate=upload_rate, max_concurrent=max_concurrent
@@ -232,9 +248,20 @@ class Node:
             )
         _running[_home_key(self.home)] = self
         self.loop = asyncio.get_running_loop()
-        # Records made by an earlier run name its old transfer port and may have expired:
-        # announce everything held again, as IPFS reprovides at start.
-        self.requeue_everything()
+        # The re-announce round of an earlier run goes on where it stopped if its records
+        # still live and name this transfer port; otherwise everything held is announced
+        # again at once (as IPFS reprovides at start).
+        saved = self.store.announce_progress()
+        current, new = round_to_run(
+            AnnounceRound.decode(saved) if saved is not None else None,
+            time.time(),
+            self.transfer.port,
+            self.reannounce_seconds,
+            self.store.chunk_count(),
+        )
+        if new:
+            self._begin_round(current)
+        self._round = current
         self._tasks = [
             asyncio.create_task(self._announce_loop()),
             asyncio.create_task(self._save_contacts_loop()),
@@ -355,20 +382,29 @@ class Node:
         return records
 
     async def announce_pending(self) -> int:
-        """Announce one batch of the store's announce queue, and the names not yet stored by
-        any remote node; returns how many ids a remote node accepted. Those none accepted stay
-        queued (the background loop retries them with backoff); queued manifests whose file
-        is not complete here are dropped from the queue, never announced."""
+        """Announce one batch of the store's announce queue, the round's chunks now due, and
+        the names not yet stored by any remote node; returns how many ids a remote node
+        accepted. Those none accepted stay queued (the background loop retries them with
+        backoff); queued manifests whose file is not complete here are dropped from the
+        queue, never announced."""
         accepted, _ = await self._announce_round(retry=True)
         return accepted
 
     async def _announce_round(self, retry: bool) -> tuple[int, int]:
-        """New or changed names; with `retry`, also one batch of the queue and the names no
-        remote node stored yet. Returns (ids accepted, ids and names nobody accepted)."""
+        """New or changed names; with `retry`, also one batch of the queue, the round's due
+        chunks and the names no remote node stored yet. Returns (ids accepted, ids and names
+        nobody accepted)."""
         refused = await self.publish_names(retry=retry)
         if not retry:
             return 0, refused
-        items = self.store.pending_announces(ANNOUNCE_BATCH)
+        queued, queued_refused = await self._announce_queued()
+        walked, walked_refused = await self._announce_round_due()
+        return queued + walked, refused + queued_refused + walked_refused
+
+    async def _announce_queued(self) -> tuple[int, int]:
+        """One batch of the queue: manifests one lookup each (a new file is findable at
+        once), chunks batched by region. Returns (accepted, refused)."""
+        items = self.store.pending_announces(self.announce_batch)
         # Queued by an older version, or made incomplete since: a manifest is announced only
         # by a node holding the whole file (a get with enough manifest holders skips chunk
         # lookups).
@@ -381,16 +417,46 @@ class Node:
             self.store.ack_announces(partial)
             items = [item for item in items if item not in partial]
         if not items:
-            return 0, refused
-        accepted = await self.dht.announce_many(
-            [dht_key(oid) for oid, _ in items],
-            self.transfer.port,
-            concurrency=ANNOUNCE_CONCURRENCY,
-        )
-        done = [(oid, kind) for oid, kind in items if dht_key(oid) in accepted]
+            return 0, 0
+        port = self.transfer.port
+        manifests = [oid for oid, kind in items if kind == KIND_MANIFEST]
+        chunks = [oid for oid, kind in items if kind == KIND_CHUNK]
+        slots = asyncio.Semaphore(MANIFEST_CONCURRENCY)
+
+        async def one(mid: bytes) -> int:
+            async with slots:
+                return await self.dht.announce(dht_key(mid), port)
+
+        counts = await asyncio.gather(*(one(mid) for mid in manifests))
+        done = [(mid, KIND_MANIFEST) for mid, n in zip(manifests, counts, strict=True) if n > 0]
+        if chunks:
+            accepted = await self.dht.announce_many([dht_key(c) for c in chunks], port)
+            done += [(cid, KIND_CHUNK) for cid in chunks if dht_key(cid) in accepted]
         self.store.ack_announces(done)
         self.announced += len(done)
-        return len(done), refused + len(items) - len(done)
+        return len(done), len(items) - len(done)
+
+    async def _announce_round_due(self) -> tuple[int, int]:
+        """The re-announce round's chunks due now (announce_pacing.py), batched by region;
+        progress saved in the store after each batch, ids nobody accepted queued for retry.
+        Returns (accepted, refused)."""
+        current = self._round
+        if current is None:
+            return 0, 0
+        count = due_now(current, time.time(), self.reannounce_seconds, self.announce_batch)
+        if count == 0:
+            return 0, 0
+        ids = self.store.chunk_ids_after(current.cursor, count)
+        accepted: set[bytes] = set()
+        if ids:
+            accepted = await self.dht.announce_many([dht_key(c) for c in ids], current.port)
+        refused = [cid for cid in ids if dht_key(cid) not in accepted]
+        if refused:
+            self.store.queue_announce(refused)
+        self._round = current.advanced(ids[-1] if ids else b"", len(ids), len(ids) < count)
+        self.store.save_announce_progress(self._round.encode())
+        self.announced += len(ids) - len(refused)
+        return len(ids) - len(refused), len(refused)
 
     async def flush_announcements(self) -> int:
         """Announce everything queued now (manifests and names first) instead of waiting for
@@ -434,24 +500,39 @@ class Node:
         return refused
 
     def requeue_everything(self) -> None:
-        """Put every object held whole back in the announce queue (records expire elsewhere):
-        complete files' manifests, and every chunk (those of an interrupted download too)."""
+        """Announce every object held whole again from now on, as fast as batches allow:
+        complete files' manifests through the queue, and every chunk (those of an
+        interrupted download too) in a new re-announce round."""
+        self._begin_round(
+            AnnounceRound(
+                started=time.time(),
+                port=self.transfer.port,
+                total=self.store.chunk_count(),
+                paced=False,
+            )
+        )
+
+    def _begin_round(self, current: AnnounceRound) -> None:
+        """Start a re-announce round: saved at once (a restart resumes it), complete
+        manifests queued (the fast path), names published again."""
+        self._round = current
+        self.store.save_announce_progress(current.encode())
         self.store.queue_announce(self.store.complete_manifests(), KIND_MANIFEST)
-        self.store.queue_announce(self.store.chunk_ids())
         self._published.clear()
         self._tried.clear()
 
     async def _announce_loop(self) -> None:
-        next_reannounce = time.monotonic() + self.reannounce_seconds
         backoff = RetryBackoff()
         gained = self.dht.contacts_gained
         while True:
             try:
-                now = time.monotonic()
-                if now >= next_reannounce:
-                    self.requeue_everything()
-                    next_reannounce = now + self.reannounce_seconds
+                follow = next_round(
+                    self._round, time.time(), self.reannounce_seconds, self.store.chunk_count()
+                )
+                if follow is not None:
+                    self._begin_round(follow)
                     backoff.reset()
+                now = time.monotonic()
                 if self.dht.contacts_gained != gained:
                     gained = self.dht.contacts_gained
                     backoff.reset()  # someone new to tell: retry at once

@@ -26,7 +26,7 @@ from chunkstore.net.address_scope import Scope, usable
 from chunkstore.net.contact_rules import ContactRules
 from chunkstore.net.name_records import MAX_PUBLISHERS_PER_NAME, NameRecordStore
 from chunkstore.net.providers import Holder, ProviderStore
-from chunkstore.net.request_budget import ReplyBudget, RequestBudget
+from chunkstore.net.request_budget import AddressBudget, ReplyBudget, RequestBudget
 from chunkstore.net.write_tokens import WriteTokens
 from chunkstore.objects.name_record import MAX_RECORD_BYTES, InvalidRecord, NameRecord
 
@@ -50,6 +50,21 @@ NAME_KEY_DOMAIN = b"chunkstore name\x00"
 # message of ours, and decoding one costs ~15 ms per 64 KiB before any check: dropped unread.
 MAX_DATAGRAM_BYTES = 8192 + 64
 MAX_PROVEN_ADDRESSES = 4096
+# Closer nodes a get_providers answer may be asked for (`want`): 48 of ~40 bytes each keep
+# the answer (with its 32 holders at most) near 3 KB, within one datagram. Region-batched
+# announcing asks for 2 k = 40, so that a lookup proves twice the usual neighbourhood.
+MAX_NODES_PER_ANSWER = 48
+# Keys in one add_providers request: 22 bytes each in msgpack (20 + a 2-byte header), so 320
+# make ~7 KB, under rpcudp's 8 KB request limit with room for the other arguments.
+MAX_KEYS_PER_ADD = 320
+# Provider records one source IP may have stored here, per second (bursts of the second
+# figure). One add_providers datagram carries up to 320 of them where add_provider carried
+# one: without this, a single address could churn the whole provider store (200,000 keys,
+# least recently added evicted first) in seconds. An honest announcer gives one node a few
+# hundred keys per batch (20 copies of each key spread over the network); loopback is exempt
+# as for the request budget.
+PROVIDER_RECORDS_PER_SECOND = 200.0
+PROVIDER_RECORDS_BURST = 2000.0
 # The host of a get_providers entry meaning "the answering node itself, at the address you
 # sent the question to": a node listening on every interface may not know its own address,
 # and the asker knows one that reaches it. Never a valid IP, so a peer that predates it
@@ -156,10 +171,16 @@ class ChunkstoreProtocol(KademliaProtocol):
     - add_provider(nodeid, key, transfer_port, token) -> bool: records the *sender's observed
       address* with `transfer_port` as a holder of `key` if `token` is a write token this node
       made for the sender's IP (write_tokens.py), else answers False and records nothing;
-    - get_providers(nodeid, key) -> {"providers": [[host, port], ...], "nodes": [[id, ip, port]],
-      "token": bytes}: the records stored here, led by ["", transfer_port] (SELF_HOLDER_HOST)
-      when this node's own store holds the object whole (the asker reads "" as the address it
-      asked), and a write token for the asker's IP.
+    - add_providers(nodeid, keys, transfer_port, token) -> {"stored": int, "token": bytes,
+      "busy": bool}: add_provider for each of `keys` (1..MAX_KEYS_PER_ADD DHT keys, one
+      datagram) under the same token rule; "stored" is how many were recorded (all or none),
+      "token" a fresh write token for the sender's IP (so a stale one costs one retry, not a
+      lookup), "busy" true when the sender's IP is over its provider-record budget;
+    - get_providers(nodeid, key[, want]) -> {"providers": [[host, port], ...], "nodes":
+      [[id, ip, port]], "token": bytes}: the `want` (default k, at most
+      MAX_NODES_PER_ANSWER) closest nodes known; the records stored here, led by ["",
+      transfer_port] (SELF_HOLDER_HOST) when this node's own store holds the object whole
+      (the asker reads "" as the address it asked); and a write token for the asker's IP.
     A request with malformed arguments is dropped unanswered; a datagram that does not decode
     is dropped; neither ever raises into the event loop. A datagram over MAX_DATAGRAM_BYTES,
     or a request beyond its sender IP's budget (request_budget.py), is dropped before it is
@@ -191,6 +212,7 @@ class ChunkstoreProtocol(KademliaProtocol):
         self._verified: OrderedDict[bytes, NameRecord] = OrderedDict()
         self.tokens = WriteTokens(time.monotonic())
         self.budget = RequestBudget()
+        self.record_budget = AddressBudget(PROVIDER_RECORDS_PER_SECOND, PROVIDER_RECORDS_BURST)
         self.contact_rules = ContactRules()
         # This node's address scope once it knows its address (set by DhtNode): addresses
         # learnt from others that are narrower are never contacted (address_scope.py).
@@ -368,8 +390,39 @@ class ChunkstoreProtocol(KademliaProtocol):
         self.providers.add(key, Holder(sender[0], transfer_port), time.monotonic())
         return True
 
-    def rpc_get_providers(self, sender: tuple, nodeid: bytes, key: bytes) -> dict:
+    def rpc_add_providers(
+        self, sender: tuple, nodeid: bytes, keys: Any, transfer_port: int, token: Any = None
+    ) -> dict:
+        source = self._check_request(sender, nodeid)
+        if not isinstance(keys, list) or not 1 <= len(keys) <= MAX_KEYS_PER_ADD:
+            raise BadRequest(f"keys must be a list of 1..{MAX_KEYS_PER_ADD} DHT keys")
+        if not all(is_key(key) for key in keys):
+            raise BadRequest("every key must be 20 bytes")
+        if not is_port(transfer_port):
+            raise BadRequest("transfer port must be an int in 1..65535")
+        now = time.monotonic()
+        answer = {"stored": 0, "token": self.tokens.token_for(sender[0], now), "busy": False}
+        if not self.tokens.valid(sender[0], token, now):
+            log.debug("add_providers from %s without a valid token refused", sender)
+            return answer
+        if not self.record_budget.allow(sender[0], now, len(keys)):
+            log.debug("add_providers from %s over its record budget refused", sender)
+            answer["busy"] = True
+            return answer
+        self.welcome_if_new(source)
+        # As add_provider: only the observed source address is recorded.
+        holder = Holder(sender[0], transfer_port)
+        for key in keys:
+            self.providers.add(key, holder, now)
+        answer["stored"] = len(keys)
+        return answer
+
+    def rpc_get_providers(self, sender: tuple, nodeid: bytes, key: bytes, want: Any = None) -> dict:
         source = self._check_request(sender, nodeid, key)
+        if want is None:
+            want = self.router.ksize
+        elif type(want) is not int or not 1 <= want <= MAX_NODES_PER_ANSWER:
+            raise BadRequest(f"want must be an int in 1..{MAX_NODES_PER_ANSWER}")
         self.welcome_if_new(source)
         entries = []
         own_port = self.local_holdings(key) if self.local_holdings is not None else None
@@ -379,7 +432,7 @@ class ChunkstoreProtocol(KademliaProtocol):
         # itself): the asker merges the two.
         holders = self.providers.get(key, time.monotonic())
         entries += [[h.host, h.port] for h in holders[: MAX_HOLDERS_PER_ANSWER - len(entries)]]
-        neighbors = self.router.find_neighbors(Node(key), exclude=source)
+        neighbors = self.router.find_neighbors(Node(key), k=want, exclude=source)
         return {
             "providers": entries,
             "nodes": [list(n) for n in neighbors],
@@ -510,15 +563,37 @@ class ChunkstoreProtocol(KademliaProtocol):
             node_to_ask, "add_provider", (key, transfer_port, token), lambda a: a is True
         )
 
-    async def call_get_providers(self, node_to_ask: Node, node_to_find: Node) -> tuple[bool, Any]:
-        """(True, (holders, closer nodes)) from `node_to_ask`, or (False, None). A holder
-        `node_to_ask` names as itself is given at the address it was asked at."""
+    async def call_add_providers(
+        self, node_to_ask: Node, keys: list[bytes], transfer_port: int, token: bytes | None
+    ) -> tuple[bool, Any]:
+        """Ask `node_to_ask` to record us as a holder of every one of `keys` (at most
+        MAX_KEYS_PER_ADD), presenting its write token; (True, (stored, fresh token or None,
+        busy)) if it answered, else (False, None)."""
+        count = len(keys)
+
+        def parse(answer: Any) -> Any:
+            if not isinstance(answer, dict):
+                return INVALID
+            stored, fresh, busy = answer.get("stored"), answer.get("token"), answer.get("busy")
+            if type(stored) is not int or not 0 <= stored <= count:
+                return INVALID
+            return stored, fresh if isinstance(fresh, bytes) else None, busy is True
+
+        return await self._call(node_to_ask, "add_providers", (keys, transfer_port, token), parse)
+
+    async def call_get_providers(
+        self, node_to_ask: Node, node_to_find: Node, want: int | None = None
+    ) -> tuple[bool, Any]:
+        """(True, (holders, closer nodes, write token)) from `node_to_ask`, or (False, None).
+        A holder `node_to_ask` names as itself is given at the address it was asked at.
+        `want`: how many closer nodes to ask for (1..MAX_NODES_PER_ANSWER; default k)."""
+        args = (node_to_find.id,) if want is None else (node_to_find.id, want)
         return await self._call(
             node_to_ask,
             "get_providers",
-            (node_to_find.id,),
+            args,
             lambda answer: parse_providers(
-                answer, node_to_ask.ip, self.router.ksize, self.own_scope
+                answer, node_to_ask.ip, want or self.router.ksize, self.own_scope
             ),
         )
 

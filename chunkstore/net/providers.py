@@ -14,7 +14,12 @@ from dataclasses import dataclass
 
 from chunkstore.net.address_scope import Scope, scope_of
 
-DEFAULT_TTL = 24 * 3600.0
+# How long a provider record stays valid without re-announcing: 48 h, kubo's figure, chosen
+# from measured DHT churn (most nodes a record was stored on are still up a day later, so a
+# record re-announced every 22 h (node.py's REANNOUNCE_SECONDS) survives one missed round
+# with hours to spare, and a holder gone for good stops being handed out within two days).
+# Name records are signed valid for the same 48 h (objects/name_record.py).
+DEFAULT_TTL = 48 * 3600.0
 DEFAULT_MAX_HOLDERS_PER_KEY = 64
 DEFAULT_MAX_KEYS = 200_000
 # One IP with 64 ports filled a key's 64 slots, freshest first, pushing honest holders out: one

@@ -47,8 +47,8 @@ MAX_RECORD_BYTES = 1 + KEY_BYTES + 1 + MAX_NAME_BYTES + 1 + ID_BYTES + 8 + 8 + S
 MIN_RECORD_BYTES = MAX_RECORD_BYTES - MAX_NAME_BYTES + 1
 # How long a record is valid once signed. kubo keeps provider records 48 h (chosen from
 # measured DHT churn) and re-provides every 22 h; a node re-signs its names on its
-# re-announce timer (6 h), so a record outlives two missed rounds and a publisher gone for
-# good stops deciding its names two days later.
+# re-announce timer (22 h, net/node.py), so a record outlives one missed round and a
+# publisher gone for good stops deciding its names two days later.
 RECORD_LIFETIME = 48 * 3600
 # A record may claim to expire this much later than a fresh one would (the signer's clock
 # runs ahead of ours); one claiming more is refused: it could outlive its publisher's will.
