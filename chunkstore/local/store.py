@@ -745,16 +745,17 @@ class Store:
         process has the store open. Manifests that cannot be decoded are skipped and listed
         (their chunks are not protected: the file cannot be restored anyway). Raises
         ChunkstoreError while another gc runs on this home."""
+        before = self.file_bytes()
         with gc_exclusive(self.home, wait=False) as alone:
             if not alone:
                 raise ChunkstoreError(f"another gc is running on the store at {self.home}")
             result = _Sweep(self).run()
         self.sync()
-        if compact is False:
-            return result
-        before = self.file_bytes()
-        if compact is None and self.reclaimable_bytes() < max(before // 8, 1 << 20):
-            return dataclasses.replace(result, store_bytes_before=before, store_bytes_after=before)
+        now = self.file_bytes()
+        if compact is False or (
+            compact is None and self.reclaimable_bytes() < max(now // 8, 1 << 20)
+        ):
+            return dataclasses.replace(result, store_bytes_before=before, store_bytes_after=now)
         note = self.compact()
         return dataclasses.replace(
             result,
