@@ -449,9 +449,10 @@ class Store:
 
         def body(txn: lmdb.Transaction) -> int:
             recorded = 0
+            held = self._held_manifests(txn)
             for mid in found:
-                # still stored? an `rm` may have dropped it since the snapshot above
-                if txn.get(mid, db=self._manifests) is not None:
+                # still stored and held? an `rm` may have released it since the snapshot
+                if txn.get(mid, db=self._manifests) is not None and mid in held:
                     recorded += txn.put(mid, b"", db=self._complete)
             return recorded
 
@@ -569,15 +570,8 @@ class Store:
         with self._read() as txn:
             return txn.get(manifest_id, db=self._pins) is not None
 
-    def _held(self, txn: lmdb.Transaction, manifest_id: bytes) -> bool:
-        """True when a name, a pin or a download entry holds the manifest."""
-        return (
-            txn.get(manifest_id, db=self._pins) is not None
-            or txn.get(manifest_id, db=self._downloads) is not None
-            or any(v == manifest_id for v in txn.cursor(db=self._names).iternext(keys=False))
-        )
-
     def _held_manifests(self, txn: lmdb.Transaction) -> set[bytes]:
+        """The manifests a name, a pin or a download entry holds."""
         held = {bytes(v) for v in txn.cursor(db=self._names).iternext(keys=False)}
         for db in (self._pins, self._downloads):
             held.update(bytes(k) for k in txn.cursor(db=db).iternext(values=False))
@@ -597,14 +591,18 @@ class Store:
 
         def body(txn: lmdb.Transaction) -> int:
             dropped = 0
-            for mid in wanted - leased:
-                if not self._held(txn, mid) and txn.delete(mid, db=self._manifests):
-                    txn.delete(mid, db=self._complete)
-                    txn.delete(KIND_MANIFEST + mid, db=self._announce)
-                    dropped += 1
+            held = self._held_manifests(txn)  # one pass over the names, however many
+            for mid in wanted:
+                if mid in held:
+                    continue
+                # no longer a file of this node: neither announced nor said to be held
+                txn.delete(mid, db=self._complete)
+                txn.delete(KIND_MANIFEST + mid, db=self._announce)
+                if mid not in leased:  # a lease's reader needs it until it ends
+                    dropped += txn.delete(mid, db=self._manifests)
             return dropped
 
-        return self._transact(body) if wanted - leased else 0
+        return self._transact(body) if wanted else 0
 
     # -- published names, pins and trusted publishers ----------------------------------------
     def own_record(self, name: str) -> bytes | None:
