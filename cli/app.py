@@ -259,14 +259,8 @@ def rm(
             chunkstore.rm(name, home=home, unpublish=unpublish),
             json,
             lambda r: [
-                f"removed {r.name or ', '.join(r.names) or r.manifest_id[:16]} "
-                f"({r.manifest_id[:16]})"
-                + (
-                    f"; still held by a {r.still_held}"
-                    + (f" (unpin {r.manifest_id[:16]}...)" if r.still_held == "pin" else "")
-                    if r.still_held
-                    else "; run gc to free space"
-                ),
+                f"removed {r.name or ', '.join(r.names) or 'the file'} ({r.manifest_id[:16]}); "
+                + still_held(r),
                 *(
                     ["unpublished: a serving node publishes the signed removal"]
                     if r.unpublished
@@ -274,6 +268,14 @@ def rm(
                 ),
             ],
         )
+
+
+def still_held(r: chunkstore.RemoveResult) -> str:
+    if r.still_held == "pin":
+        return f"still pinned: `chunkstore unpin {r.manifest_id}` releases it"
+    if r.still_held:
+        return "another name still holds it"
+    return "run gc to free space"
 
 
 @app.command()

@@ -187,10 +187,35 @@ def test_cli_lists_and_removes_incomplete_files_and_pins(home: Path, tmp_path: P
 
     assert run_cli("pin", added.manifest_id, home=home, check=True).returncode == 0
     out = run_cli("rm", "wanted.bin", home=home, check=True).stdout.decode()
-    assert "still held by a pin" in out
+    assert f"still pinned: `chunkstore unpin {added.manifest_id}` releases it" in out
     run_cli("unpin", added.manifest_id, home=home, check=True)
     assert run_cli("ls", "--incomplete", home=home, check=True).stdout.decode() == ""
     gc = json.loads(run_cli("gc", "--json", home=home, check=True).stdout)
     assert gc["chunks_deleted"] == 1 and gc["compacted"]
     missing = run_cli("rm", "wanted.bin", home=home)
     assert missing.returncode == 1 and b"no file named 'wanted.bin'" in missing.stderr
+
+
+def test_pins_of_earlier_versions_become_the_holds_of_now(home: Path, tmp_path: Path):
+    from chunkstore.local.store import HOLDS_KEY
+
+    named = write_file(tmp_path / "named", MIB, seed=1)
+    by_id = write_file(tmp_path / "by_id", MIB, seed=2)
+    cut = write_file(tmp_path / "cut", 2 * MIB, seed=3)
+    with Store(home) as store:
+        ids = {}
+        for path in (named, by_id, cut):
+            ids[path.name] = mid = bytes.fromhex(
+                add_file(store, path, chunker=ChunkerParams.fixed(MIB)).manifest_id
+            )
+            store.pin(mid)  # as every network get did
+        store.remove_name("by_id")
+        cut_manifest = store.get_manifest(ids["cut"])
+        store.remove_name("cut")
+        store._transact(lambda txn: txn.delete(cut_manifest.chunks[1].chunk_id, db=store._index))
+        store._transact(lambda txn: txn.delete(ids["cut"], db=store._complete))
+        store._transact(lambda txn: txn.delete(HOLDS_KEY, db=store._meta))
+    with Store(home) as store:  # the first open of a store made by an earlier version
+        assert store.pins() == [ids["by_id"]]
+        assert store.downloads() == [(ids["cut"], "")]
+        assert [n for n, _ in store.names()] == ["named"]

@@ -19,7 +19,8 @@ Named databases:
   announce   kind byte + object id -> b"" : ids to announce on the DHT when a node runs;
              the kind leads the key so manifests (b"m") are read before chunks (b"c")
   meta       b"generation" -> u64 LE, counted up by every stored manifest: gc notices a
-             manifest stored while it sweeps and reads it before deleting anything more
+             manifest stored while it sweeps and reads it before deleting anything more;
+             b"holds" once the pins of earlier versions were upgraded (`_upgrade_holds`)
   published  name (utf-8) -> this home's latest signed name record of it (a removal too)
   name_pins  name (utf-8) -> publisher key of the file fetched under it (trust on first use;
              b"": fetched through a link that named no publisher, never published here)
@@ -40,6 +41,7 @@ process holding the store open holds `store.lock` shared).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import logging
@@ -95,6 +97,7 @@ log = logging.getLogger(__name__)
 _LENGTH = struct.Struct("<I")
 _GENERATION = struct.Struct("<Q")
 GENERATION_KEY = b"generation"
+HOLDS_KEY = b"holds"  # present once pins made by earlier versions were upgraded
 STORE_LOCK = "store.lock"
 
 
@@ -192,11 +195,40 @@ class Store:
                         raise
                     shared.lock_fd = lock_fd
                     _environments[key] = shared
+                    fresh = True
+                else:
+                    fresh = False
             except (OSError, lmdb.Error) as e:
                 raise InputError(f"cannot open the store at {path}: {e}") from None
             shared.handles += 1
         self._key: Path | None = key
         self._bind(shared)
+        if fresh:
+            self._upgrade_holds()
+
+    def _upgrade_holds(self) -> None:
+        """Once per store: turn the pins earlier versions made on every network get (there
+        was no `pin` command) into what holds such a file now: its name, or (no name) a
+        download entry while it is incomplete; a pinned complete file fetched by id stays
+        pinned, as a get by id leaves it now."""
+        with self._read() as txn:
+            if txn.get(HOLDS_KEY, db=self._meta) is not None:
+                return
+
+        def body(txn: lmdb.Transaction) -> None:
+            if txn.get(HOLDS_KEY, db=self._meta) is not None:
+                return  # another process did it meanwhile
+            named = {bytes(v) for v in txn.cursor(db=self._names).iternext(keys=False)}
+            for mid in [bytes(k) for k in txn.cursor(db=self._pins).iternext(values=False)]:
+                if mid in named:
+                    txn.delete(mid, db=self._pins)
+                elif txn.get(mid, db=self._complete) is None:
+                    txn.delete(mid, db=self._pins)
+                    txn.put(mid, b"", db=self._downloads)
+            txn.put(HOLDS_KEY, b"1", db=self._meta)
+
+        with contextlib.suppress(ChunkstoreError):  # a full disk: the old pins keep holding
+            self._transact(body)
 
     def _bind(self, shared: _Environment) -> None:
         self.env = shared.env
