@@ -179,12 +179,12 @@ def ls(
 ) -> None:
     """List the named files in the store (`rm` takes a name or an id)."""
     with errors_as_messages():
-        files = chunkstore.ls(home=home, incomplete=incomplete)
-        if json:
-            emit([f.__dict__ for f in files], True, list)
-        else:
-            for f in files:
-                typer.echo(file_line(f))
+        emit_files(chunkstore.ls(home=home, incomplete=incomplete), json)
+
+
+def emit_files(files: list[chunkstore.FileEntry], json: bool) -> None:
+    """A list of files: a JSON array, or one `file_line` each."""
+    emit([f.__dict__ for f in files] if json else files, json, lambda fs: list(map(file_line, fs)))
 
 
 def file_line(f: chunkstore.FileEntry) -> str:
@@ -289,12 +289,7 @@ def pin(
     """Keep a file whatever happens to its names, until `unpin`."""
     with errors_as_messages():
         if name_or_id is None:
-            files = chunkstore.pins(home=home)
-            if json:
-                emit([f.__dict__ for f in files], True, list)
-            else:
-                for f in files:
-                    typer.echo(file_line(f))
+            emit_files(chunkstore.pins(home=home), json)
             return
         emit(
             chunkstore.pin(name_or_id, home=home),
