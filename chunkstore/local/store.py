@@ -832,7 +832,9 @@ class Store:
         """Rewrite the store file without its free pages (an LMDB compacting copy, synced,
         renamed over the file) so the space goes back to the filesystem; "" when done, else
         why it could not be (the store is unchanged then). Only while no other process and
-        no other handle of this process has the store open: they map the old file."""
+        no other handle of this process has the store open: they map the old file. The
+        caller must not use this handle from another thread meanwhile (the environment is
+        closed and opened again under it)."""
         path = self.home / "store"
         with _environments_lock:
             assert self._key is not None, "compact on a closed Store"
@@ -864,17 +866,22 @@ class Store:
             except (OSError, lmdb.Error) as e:
                 return f"the compacted copy could not be written ({e}); the store is unchanged"
             shared.env.close()
-            os.rename(copy, path / "data.mdb")  # atomic: a kill leaves the old or the new file
-            dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+            note = ""
             try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-            fresh = _Environment(path)
+                # atomic: a kill leaves the old file or the new one, both whole
+                os.rename(copy, path / "data.mdb")
+                dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+            except OSError as e:
+                note = f"the compacted copy could not replace the store file ({e})"
+            fresh = _Environment(path)  # the new file, or the old one if the rename failed
             fresh.lock_fd, fresh.handles = shared.lock_fd, shared.handles
             _environments[self._key] = fresh  # type: ignore[index]
             self._bind(fresh)
-            return ""
+            return note
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
