@@ -46,7 +46,7 @@ from chunkstore.errors import (
     NotFound,
 )
 from chunkstore.local.add import add_file
-from chunkstore.local.inventory import file_info, list_files
+from chunkstore.local.inventory import file_info, incomplete_files, list_files, pinned_files
 from chunkstore.local.output import Output, as_output
 from chunkstore.local.restore import restore
 from chunkstore.local.store import Store
@@ -66,6 +66,7 @@ from chunkstore.results import (
     FileInfo,
     GcResult,
     GetResult,
+    PinResult,
     RemoveResult,
     VerifyReport,
 )
@@ -223,16 +224,20 @@ def _local_get(
     nothing to write), else None."""
     started = time.monotonic()
     try:
-        mid, manifest = store.resolve(name_or_id)
+        mid, _ = store.resolve(name_or_id)
     except NotFound:
         return None
-    if store.missing_chunks(r.chunk_id for r in manifest.chunks):
-        return None
-    if on_total:
-        on_total(manifest.size)
-    shown = (
-        "" if output is None else restore(store, manifest, output, force=force, progress=progress)
-    )
+    with store.lease() as lease:  # what is stored now stays, whatever rm and gc do meanwhile
+        manifest = store.keep_file(lease, mid)
+        if manifest is None or store.missing_chunks(r.chunk_id for r in manifest.chunks):
+            return None
+        if on_total:
+            on_total(manifest.size)
+        shown = (
+            ""
+            if output is None
+            else restore(store, manifest, output, force=force, progress=progress)
+        )
     return GetResult(
         name=name_or_id if store.lookup_name(name_or_id) == mid else "",
         manifest_id=mid.hex(),
@@ -456,8 +461,11 @@ async def _fetch_remote(
             lookup = None
         else:
             failed = None
+        hold_as = None
         if link is not None:
             lookup = LinkLookup(lookup, link.manifest_id, _link_holders(link))
+            if link.name and store.own_record(link.name) is None:
+                hold_as = (link.name, link.publisher or b"")  # as _name_from_link does
         client = await stack.enter_async_context(TransferClient())
         try:
             return await fetch_file(
@@ -471,6 +479,7 @@ async def _fetch_remote(
                 on_total=on_total,
                 started=started,
                 patience=patience,
+                hold_as=hold_as,
             )
         except (NotFound, NetworkError) as e:
             if failed is None or isinstance(e, MissingChunks):
@@ -478,10 +487,49 @@ async def _fetch_remote(
             raise failed from None  # neither the DHT nor the link's holders answered
 
 
-def ls(*, home: Home = None) -> list[FileEntry]:
-    """The named files of the store, in name order."""
+def ls(*, home: Home = None, incomplete: bool = False) -> list[FileEntry]:
+    """The named files of the store, in name order; with `incomplete`, instead, the files
+    held but not whole here (downloads not completed, and pinned or named files missing
+    chunks), each with how many of its chunks are stored. `rm` takes their name or id."""
     with open_store(home) as store:
-        return list_files(store)
+        return incomplete_files(store) if incomplete else list_files(store)
+
+
+def pin(name_or_id: str, *, home: Home = None) -> PinResult:
+    """Hold a stored file by a pin: it stays whatever its names become, until `unpin`.
+    Returns whether it was pinned already. Raises NotFound."""
+    with open_store(home) as store:
+        mid, _ = store.resolve(name_or_id)
+        added = store.pin(mid)
+        store.sync()
+        return PinResult(mid.hex(), pinned=True, changed=added)
+
+
+def unpin(name_or_id: str, *, home: Home = None) -> PinResult:
+    """Drop a file's pin; the file goes (its chunks at the next gc) unless a name or a
+    download holds it. Raises NotFound for an unknown file, InputError for one not pinned."""
+    with open_store(home) as store:
+        mid = _held_id(store, name_or_id)
+        if not store.unpin(mid):
+            raise InputError(f"{name_or_id!r} is not pinned in the store at {store.home}")
+        store.sync()
+        return PinResult(mid.hex(), pinned=False, changed=True)
+
+
+def pins(*, home: Home = None) -> list[FileEntry]:
+    """The pinned files (name: one of the names pointing at it, if any)."""
+    with open_store(home) as store:
+        return pinned_files(store)
+
+
+def _held_id(store: Store, name_or_id: str) -> bytes:
+    """The manifest id a name (or a full hex id) means, even when the manifest is gone."""
+    mid = store.lookup_name(name_or_id)
+    if mid is not None:
+        return bytes(mid)
+    if looks_like_id(name_or_id):
+        return bytes.fromhex(name_or_id)
+    raise NotFound(f"no file named or with id {name_or_id!r} in the store at {store.home}")
 
 
 def stat(name_or_id: str, *, home: Home = None) -> FileInfo:
@@ -501,12 +549,24 @@ def verify(
 
 
 def rm(name: str, *, home: Home = None, unpublish: bool = False) -> RemoveResult:
-    """Drop a name; its chunks are freed by `gc` unless another file uses them. This home
-    stops publishing its record of the name (copies on other nodes expire within two days);
-    with `unpublish`, a signed removal replaces the record instead, which a node serving the
-    home publishes at once, so other nodes drop the name now. Raises NotFound for an unknown
-    name, InputError for `unpublish` of a name this home never published."""
+    """Release a file: `name` (a name, or what an incomplete download asked for) or a
+    manifest id (every name pointing at it, its pin and its download entry go). Its manifest
+    goes at once unless a pin (`unpin` it) or another name keeps it, and its chunks are
+    freed by `gc` unless another file uses them. This home stops publishing its record of
+    each name dropped (copies on other nodes expire within two days); with `unpublish`, a
+    signed removal replaces the record instead, which a node serving the home publishes at
+    once, so other nodes drop the name now. Raises NotFound for an unknown name or id,
+    InputError for `unpublish` of a name this home never published."""
     with open_store(home) as store:
+        if looks_like_id(name) and store.lookup_name(name) is None and not unpublish:
+            mid = bytes.fromhex(name)
+            names = store.remove_file(mid)
+            for dropped in names:
+                own = store.own_record(dropped)
+                if own is not None:
+                    store.drop_own_record(dropped, own)
+            store.sync()
+            return RemoveResult("", mid.hex(), names=names, still_held=_still_held(store, mid))
         if unpublish:
             from chunkstore.local.identity import load_identity
             from chunkstore.local.own_names import read_own_record, record_own_name
@@ -528,7 +588,18 @@ def rm(name: str, *, home: Home = None, unpublish: bool = False) -> RemoveResult
         if own is not None:
             store.drop_own_record(name, own)
         store.sync()
-        return RemoveResult(name=name, manifest_id=mid.hex())
+        return RemoveResult(
+            name=name, manifest_id=mid.hex(), names=[name], still_held=_still_held(store, mid)
+        )
+
+
+def _still_held(store: Store, manifest_id: bytes) -> str:
+    """What still holds a file after an rm: "pin", "name", or "" (nothing)."""
+    if store.is_pinned(manifest_id):
+        return "pin"
+    if any(m == manifest_id for _, m in store.names()):
+        return "name"
+    return ""
 
 
 def key(*, home: Home = None) -> str:
@@ -567,11 +638,16 @@ def trusted(*, home: Home = None) -> list[str]:
         return sorted(format_key(k) for k in store.trusted())
 
 
-def gc(*, home: Home = None) -> GcResult:
-    """Delete every chunk no manifest references. Refuses (ChunkstoreError) while another
-    add or get writes to the store."""
+def gc(*, home: Home = None, compact: bool | None = None) -> GcResult:
+    """Free every chunk no name, pin, download or live operation (add, get: their leases)
+    holds, in short transactions that never block other writers for long; manifests that
+    cannot be decoded are skipped and listed. Then give the space back to the filesystem
+    by compacting the store file: with `compact` None, when that would return at least an
+    eighth of it; True, always tried; False, never. Compacting needs the store open nowhere
+    else (no serving node, add or get): the result's `compact_note` says when it could not.
+    Raises ChunkstoreError while another gc runs."""
     with open_store(home) as store:
-        return store.gc()
+        return store.gc(compact=compact)
 
 
 def _run(coro_fn: Callable[[], object], what: str) -> object:

@@ -50,12 +50,15 @@ class GetResult:
 
 @dataclass(frozen=True)
 class FileEntry:
-    """One named file of `chunkstore.ls`."""
+    """One file of `chunkstore.ls` (named files; with `incomplete`, also how many of its
+    chunks are stored and what holds it: "download", "pin" or "name")."""
 
     name: str
     manifest_id: str
     size: int
     chunks: int
+    chunks_present: int = -1  # -1: not counted (a named file, whole)
+    held_by: str = "name"
 
 
 @dataclass(frozen=True)
@@ -93,11 +96,37 @@ class RemoveResult:
     name: str
     manifest_id: str
     unpublished: bool = False
+    names: list[str] = field(default_factory=list)  # every name dropped
+    still_held: str = ""  # "pin" or "name" when something else still holds the file
+
+
+@dataclass(frozen=True)
+class PinResult:
+    """`chunkstore.pin` / `unpin`: the file, whether it is pinned now, and whether that
+    changed anything."""
+
+    manifest_id: str
+    pinned: bool
+    changed: bool
 
 
 @dataclass(frozen=True)
 class GcResult:
-    """`chunkstore.gc`: chunks deleted and their stored bytes."""
+    """`chunkstore.gc`: chunks deleted and their stored bytes, manifests nothing held any
+    more, manifests skipped because they could not be decoded (ids, hex), and the store
+    file's size on disk before and after (equal when it was not compacted; `compact_note`
+    says why when a compaction was tried and could not be done)."""
 
     chunks_deleted: int
     bytes_freed: int
+    manifests_dropped: int = 0
+    undecodable: list[str] = field(default_factory=list)
+    store_bytes_before: int = 0
+    store_bytes_after: int = 0
+    compacted: bool = False
+    compact_note: str = ""
+
+    @property
+    def bytes_returned(self) -> int:
+        """Bytes the compaction gave back to the filesystem."""
+        return max(0, self.store_bytes_before - self.store_bytes_after)

@@ -176,18 +176,33 @@ def get(
 
 
 @app.command("ls")
-def ls(home: HomeOpt = None, json: JsonOpt = False) -> None:
-    """List the named files in the store."""
+def ls(
+    incomplete: Annotated[
+        bool,
+        typer.Option(
+            "--incomplete",
+            help="List the files held but not whole here (downloads not completed) instead.",
+        ),
+    ] = False,
+    home: HomeOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """List the named files in the store (`rm` takes a name or an id)."""
     with errors_as_messages():
-        files = chunkstore.ls(home=home)
-        if json:
-            emit([f.__dict__ for f in files], True, list)
-        else:
-            for f in files:
-                typer.echo(
-                    f"{f.manifest_id[:16]}  {format_size(f.size):>10}  {f.chunks:>6} chunks"
-                    f"  {f.name}"
-                )
+        emit_files(chunkstore.ls(home=home, incomplete=incomplete), json)
+
+
+def emit_files(files: list[chunkstore.FileEntry], json: bool) -> None:
+    """A list of files: a JSON array, or one `file_line` each."""
+    emit([f.__dict__ for f in files] if json else files, json, lambda fs: list(map(file_line, fs)))
+
+
+def file_line(f: chunkstore.FileEntry) -> str:
+    """One line of `ls` / `pin`: id, size, chunks (stored of all when counted), name."""
+    chunks = f"{f.chunks:>6} chunks"
+    if 0 <= f.chunks_present < f.chunks:
+        chunks = f"{f.chunks_present}/{f.chunks} chunks, {f.held_by}"
+    return f"{f.manifest_id[:16]}  {format_size(f.size):>10}  {chunks}  {f.name}".rstrip()
 
 
 @app.command()
@@ -237,7 +252,7 @@ def verify(
 
 @app.command()
 def rm(
-    name: Annotated[str, typer.Argument(help="File name to remove.")],
+    name: Annotated[str, typer.Argument(help="File name, or manifest id (releases all of it).")],
     unpublish: Annotated[
         bool,
         typer.Option(
@@ -247,19 +262,64 @@ def rm(
     home: HomeOpt = None,
     json: JsonOpt = False,
 ) -> None:
-    """Remove a name (its chunks are freed by gc) and stop publishing it."""
+    """Release a file (a name, an incomplete download, or an id: all its names and its pin)
+    and stop publishing its names; gc then frees its chunks."""
     with errors_as_messages():
         emit(
             chunkstore.rm(name, home=home, unpublish=unpublish),
             json,
             lambda r: [
-                f"removed {r.name} ({r.manifest_id[:16]}); run gc to free space",
+                f"removed {r.name or ', '.join(r.names) or 'the file'} ({r.manifest_id[:16]}); "
+                + still_held(r),
                 *(
                     ["unpublished: a serving node publishes the signed removal"]
                     if r.unpublished
                     else []
                 ),
             ],
+        )
+
+
+def still_held(r: chunkstore.RemoveResult) -> str:
+    if r.still_held == "pin":
+        return f"still pinned: `chunkstore unpin {r.manifest_id}` releases it"
+    if r.still_held:
+        return "another name still holds it"
+    return "run gc to free space"
+
+
+@app.command()
+def pin(
+    name_or_id: Annotated[
+        str | None, typer.Argument(help="File name or manifest id (none: list the pinned).")
+    ] = None,
+    home: HomeOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Keep a file whatever happens to its names, until `unpin`."""
+    with errors_as_messages():
+        if name_or_id is None:
+            emit_files(chunkstore.pins(home=home), json)
+            return
+        emit(
+            chunkstore.pin(name_or_id, home=home),
+            json,
+            lambda r: [f"pinned {r.manifest_id[:16]}" + ("" if r.changed else " (already)")],
+        )
+
+
+@app.command()
+def unpin(
+    name_or_id: Annotated[str, typer.Argument(help="File name or manifest id.")],
+    home: HomeOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Drop a file's pin (it goes unless a name holds it; gc then frees its chunks)."""
+    with errors_as_messages():
+        emit(
+            chunkstore.unpin(name_or_id, home=home),
+            json,
+            lambda r: [f"unpinned {r.manifest_id[:16]}"],
         )
 
 
@@ -299,14 +359,40 @@ def untrust(
 
 
 @app.command()
-def gc(home: HomeOpt = None, json: JsonOpt = False) -> None:
-    """Delete chunks that no manifest references."""
+def gc(
+    compact: Annotated[
+        bool | None,
+        typer.Option(
+            "--compact/--no-compact",
+            help="Always / never shrink the store file (default: when it would give back "
+            "an eighth of it). Needs the store open nowhere else.",
+        ),
+    ] = None,
+    home: HomeOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Free the chunks no name, pin or running operation holds, and give the space back."""
     with errors_as_messages():
-        emit(
-            chunkstore.gc(home=home),
-            json,
-            lambda r: [f"deleted {r.chunks_deleted} chunks, freed {format_size(r.bytes_freed)}"],
+        emit(chunkstore.gc(home=home, compact=compact), json, gc_lines)
+
+
+def gc_lines(r: chunkstore.GcResult) -> list[str]:
+    lines = [f"deleted {r.chunks_deleted} chunks, freed {format_size(r.bytes_freed)}"]
+    if r.manifests_dropped:
+        lines.append(f"dropped {r.manifests_dropped} manifests nothing held")
+    lines += [f"skipped undecodable manifest {m}" for m in r.undecodable]
+    if r.compacted:
+        lines.append(
+            f"store file {format_size(r.store_bytes_before)} -> "
+            f"{format_size(r.store_bytes_after)}: "
+            f"{format_size(r.bytes_returned)} given back to the filesystem"
         )
+    elif r.compact_note:
+        lines.append(
+            f"store file stays at {format_size(r.store_bytes_before)}: not compacted, "
+            f"{r.compact_note}"
+        )
+    return lines
 
 
 @app.command()

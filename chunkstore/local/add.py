@@ -65,7 +65,8 @@ def add_file(
     def encode(raw: bytes) -> tuple[bytes, int, bytes | None]:
         cid = object_id(raw)
         # Skip compression for chunks the store already has: re-adding a file is cheap.
-        stored = None if store.has_chunk(cid) else codec.encode(raw)
+        # (kept by this add's lease from here on, so a gc cannot free it before the manifest)
+        stored = None if store.keep_chunk(lease, cid) else codec.encode(raw)
         return cid, len(raw), stored
 
     refs: list[ChunkRef] = []
@@ -80,7 +81,7 @@ def add_file(
     # One batch committing while the next fills: memory stays at about two batches.
     writer = BackgroundWriter(write, depth=1)
     since_release = 0
-    with open_input(path) as f, store.lease():
+    with open_input(path) as f, store.lease() as lease:
         try:
             for cid, size, stored in ordered_map(
                 encode, iter_chunks(f, chunker), window=INGEST_WINDOW

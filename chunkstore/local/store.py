@@ -8,7 +8,11 @@ Named databases:
              `chunks` whether a 1 MiB chunk exists would read a MiB
   manifests  manifest id -> manifest bytes
   names      name (utf-8) -> manifest id
-  pins       manifest id -> b"" : kept by gc even with no name (e.g. fetched by id)
+  pins       manifest id -> b"" : held by the user's `pin` (and files fetched by id, which
+             have no name to hold them)
+  downloads  manifest id -> the name or id a get asked for (utf-8): a network get in
+             progress or interrupted; holds the manifest and the chunks fetched so far until
+             the get completes (the file is then held by its name, or a pin) or `rm` drops it
   complete   manifest id -> b"" : manifests whose every chunk is stored (the file is held
              whole), written in the transaction that makes it so: a node answers "I hold
              it" from this small table instead of reading the manifest's chunk list
@@ -16,7 +20,9 @@ Named databases:
              the kind leads the key so manifests (b"m") are read before chunks (b"c");
              and b"r" -> the progress of the running re-announce round (net/announce_pacing.py
              encodes it), so a restarted node resumes the round
-  leases     pid.n (ascii) -> b"" : writers in progress, so gc never frees their chunks
+  meta       b"generation" -> u64 LE, counted up by every stored manifest: gc notices a
+             manifest stored while it sweeps and reads it before deleting anything more;
+             b"holds" once the pins of earlier versions were upgraded (`_upgrade_holds`)
   published  name (utf-8) -> this home's latest signed name record of it (a removal too)
   name_pins  name (utf-8) -> publisher key of the file fetched under it (trust on first use;
              b"": fetched through a link that named no publisher, never published here)
@@ -26,22 +32,41 @@ LMDB serialises writers across processes and gives readers consistent snapshots,
 and a running node can share one store. Writes use sync=False: a killed process loses nothing
 (the OS holds the pages) and a power loss loses at most the last transactions, never
 consistency; `sync()` is called before success is reported.
+
+What is kept: a file (its manifest and chunks) is kept while a name, a pin or a download
+entry holds it, or a live lease (local/leases.py) covers it; releasing the last hold drops
+the manifest at once (so the node stops announcing and serving it) unless a lease covers
+it, and `gc` frees every chunk nothing kept references, then gives the space back to the
+filesystem by compacting the LMDB file when no other process has the store open (every
+process holding the store open holds `store.lock` shared).
 """
 
 from __future__ import annotations
 
-import itertools
+import contextlib
+import dataclasses
+import fcntl
+import logging
 import os
+import shutil
 import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
 import lmdb
 
 from chunkstore.errors import ChunkstoreError, InputError, NotFound, StoreFull
+from chunkstore.local.leases import (
+    COVER_CHUNK,
+    COVER_MANIFEST,
+    Lease,
+    LeaseScan,
+    gc_exclusive,
+    live_manifests,
+    try_flock,
+)
 from chunkstore.local.memory import MappedFile
 from chunkstore.objects.ids import looks_like_id
 from chunkstore.objects.manifest import Manifest
@@ -64,29 +89,24 @@ DATABASES = (
     "pins",
     "complete",
     "announce",
-    "leases",
+    "downloads",
+    "meta",
     "published",
     "name_pins",
     "trusted",
 )
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 _LENGTH = struct.Struct("<I")
+_GENERATION = struct.Struct("<Q")
+GENERATION_KEY = b"generation"
+HOLDS_KEY = b"holds"  # present once pins made by earlier versions were upgraded
+STORE_LOCK = "store.lock"
 
 
 def default_home() -> Path:
     """$CHUNKSTORE_HOME, else ~/.chunkstore."""
     return Path(os.environ.get("CHUNKSTORE_HOME") or "~/.chunkstore").expanduser()
-
-
-def pid_alive(pid: int) -> bool:
-    """True when a process with this id exists (on this machine)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _tighten(path: Path, mode: int) -> None:
@@ -132,6 +152,7 @@ class _Environment:
         self.mapped = MappedFile(str(path / "data.mdb"))
         self.dbs = {name: self.env.open_db(name.encode()) for name in DATABASES}
         self.handles = 0
+        self.lock_fd = -1  # store.lock, held shared while this environment is open
 
 
 # LMDB must not open one environment twice in a process (closing either copy would drop the
@@ -139,8 +160,19 @@ class _Environment:
 # every Store of a directory in this process shares one environment, closed with the last.
 _environments: dict[Path, _Environment] = {}
 _environments_lock = threading.Lock()
-_lease_numbers = itertools.count()
-_held_leases: set[bytes] = set()  # the leases this process holds now
+
+
+def _hold_store_open(path: Path) -> int:
+    """Take `store.lock` shared, for as long as this process has the environment open: gc
+    compacts (replaces the data file) only when it alone holds it. Waits while a compaction
+    runs, so nobody opens the file being replaced."""
+    fd = os.open(path / STORE_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class Store:
@@ -158,11 +190,50 @@ class Store:
                 key = path.resolve()
                 shared = _environments.get(key)
                 if shared is None:
-                    shared = _environments[key] = _Environment(path)
+                    lock_fd = _hold_store_open(path)
+                    try:
+                        shared = _Environment(path)
+                    except BaseException:
+                        os.close(lock_fd)
+                        raise
+                    shared.lock_fd = lock_fd
+                    _environments[key] = shared
+                    fresh = True
+                else:
+                    fresh = False
             except (OSError, lmdb.Error) as e:
                 raise InputError(f"cannot open the store at {path}: {e}") from None
             shared.handles += 1
         self._key: Path | None = key
+        self._bind(shared)
+        if fresh:
+            self._upgrade_holds()
+
+    def _upgrade_holds(self) -> None:
+        """Once per store: turn the pins earlier versions made on every network get (there
+        was no `pin` command) into what holds such a file now: its name, or (no name) a
+        download entry while it is incomplete; a pinned complete file fetched by id stays
+        pinned, as a get by id leaves it now."""
+        with self._read() as txn:
+            if txn.get(HOLDS_KEY, db=self._meta) is not None:
+                return
+
+        def body(txn: lmdb.Transaction) -> None:
+            if txn.get(HOLDS_KEY, db=self._meta) is not None:
+                return  # another process did it meanwhile
+            named = {bytes(v) for v in txn.cursor(db=self._names).iternext(keys=False)}
+            for mid in [bytes(k) for k in txn.cursor(db=self._pins).iternext(values=False)]:
+                if mid in named:
+                    txn.delete(mid, db=self._pins)
+                elif txn.get(mid, db=self._complete) is None:
+                    txn.delete(mid, db=self._pins)
+                    txn.put(mid, b"", db=self._downloads)
+            txn.put(HOLDS_KEY, b"1", db=self._meta)
+
+        with contextlib.suppress(ChunkstoreError):  # a full disk: the old pins keep holding
+            self._transact(body)
+
+    def _bind(self, shared: _Environment) -> None:
         self.env = shared.env
         self._mapped = shared.mapped
         self._chunks = shared.dbs["chunks"]
@@ -172,7 +243,8 @@ class Store:
         self._pins = shared.dbs["pins"]
         self._complete = shared.dbs["complete"]
         self._announce = shared.dbs["announce"]
-        self._leases = shared.dbs["leases"]
+        self._downloads = shared.dbs["downloads"]
+        self._meta = shared.dbs["meta"]
         self._published = shared.dbs["published"]
         self._name_pins = shared.dbs["name_pins"]
         self._trusted = shared.dbs["trusted"]
@@ -190,6 +262,7 @@ class Store:
             if shared.handles == 0:
                 del _environments[key]
                 shared.env.close()
+                os.close(shared.lock_fd)
 
     def __enter__(self) -> Store:
         return self
@@ -314,8 +387,13 @@ class Store:
         pin: bool = False,
         announce: bool = True,
         publisher: bytes | None = None,
+        download: str | None = None,
     ) -> bytes:
         """Store a manifest (and point `name` at it) atomically; returns its id.
+
+        What holds it (see the module's docstring): `name`, `pin`, or `download` (the name
+        or id a network get in progress asked for: held until the get ends, listed as
+        incomplete meanwhile). A name or pin ends a download entry of the manifest.
 
         With announce=True (the default), a manifest whose every chunk is stored is recorded
         as complete and queued for announcing, in the same transaction; one with chunks
@@ -344,9 +422,24 @@ class Store:
                     txn.put(key, publisher, db=self._name_pins)
             if pin:
                 txn.put(mid, b"", db=self._pins)
+            if download is not None:
+                txn.put(mid, download.encode(), db=self._downloads)
+            elif key is not None or pin:
+                txn.delete(mid, db=self._downloads)
+            self._count_manifest(txn)
 
         self._transact(body)
         return mid
+
+    def _count_manifest(self, txn: lmdb.Transaction) -> None:
+        """Count a stored manifest up in the generation a sweeping gc checks."""
+        value = txn.get(GENERATION_KEY, db=self._meta)
+        n = _GENERATION.unpack(value)[0] if value is not None else 0
+        txn.put(GENERATION_KEY, _GENERATION.pack(n + 1), db=self._meta)
+
+    def _generation(self, txn: lmdb.Transaction) -> int:
+        value = txn.get(GENERATION_KEY, db=self._meta)
+        return _GENERATION.unpack(value)[0] if value is not None else 0
 
     def is_complete(self, manifest_id: bytes) -> bool:
         """True when the manifest is recorded as complete (every chunk of its file stored)."""
@@ -391,9 +484,10 @@ class Store:
 
         def body(txn: lmdb.Transaction) -> int:
             recorded = 0
+            held = self._held_manifests(txn)
             for mid in found:
-                # still stored? an `rm` may have dropped it since the snapshot above
-                if txn.get(mid, db=self._manifests) is not None:
+                # still stored and held? an `rm` may have released it since the snapshot
+                if txn.get(mid, db=self._manifests) is not None and mid in held:
                     recorded += txn.put(mid, b"", db=self._complete)
             return recorded
 
@@ -432,23 +526,118 @@ class Store:
             return [(k.decode(), v) for k, v in txn.cursor(db=self._names)]
 
     def remove_name(self, name: str) -> bytes:
-        """Drop a name; its manifest goes too unless another name or a pin keeps it.
+        """Drop a name and the downloads asked for under it; the manifest it pointed at
+        goes too unless another name, a pin, a download or a live lease keeps it. Returns
+        the manifest id (for a download only: the download's); raises NotFound.
 
         Chunks are freed by `gc`, as in git and restic, so `rm` is instant and re-adding the
         file before a gc rewrites nothing."""
+        key = name.encode()
 
-        def body(txn: lmdb.Transaction) -> bytes:
-            mid = txn.pop(name.encode(), db=self._names)
-            if mid is None:
+        def body(txn: lmdb.Transaction) -> list[bytes]:
+            released = []
+            mid = txn.pop(key, db=self._names)
+            if mid is not None:
+                txn.delete(key, db=self._name_pins)
+                released.append(bytes(mid))
+            for oid, asked in list(txn.cursor(db=self._downloads)):
+                if asked == key:
+                    txn.delete(oid, db=self._downloads)
+                    released.append(bytes(oid))
+            if not released:
                 raise NotFound(f"no file named {name!r}")
-            txn.delete(name.encode(), db=self._name_pins)
-            still_named = any(v == mid for _, v in txn.cursor(db=self._names))
-            if not still_named and txn.get(mid, db=self._pins) is None:
-                txn.delete(mid, db=self._manifests)
-                txn.delete(mid, db=self._complete)
-            return mid
+            return released
+
+        released = self._transact(body)
+        self._drop_unheld(released)
+        return released[0]
+
+    def remove_file(self, manifest_id: bytes) -> list[str]:
+        """Release the file `manifest_id` from every hold: the names pointing at it (returned,
+        in order), its pin and its download entry; the manifest goes unless a live lease
+        covers it. Raises NotFound when nothing held it."""
+
+        def body(txn: lmdb.Transaction) -> list[str]:
+            names = [bytes(k) for k, v in txn.cursor(db=self._names) if v == manifest_id]
+            for key in names:
+                txn.delete(key, db=self._names)
+                txn.delete(key, db=self._name_pins)
+            pinned = txn.delete(manifest_id, db=self._pins)
+            downloading = txn.delete(manifest_id, db=self._downloads)
+            if not (names or pinned or downloading):
+                raise NotFound(f"no file with id {manifest_id.hex()} is held here")
+            return [k.decode() for k in names]
+
+        names = self._transact(body)
+        self._drop_unheld([manifest_id])
+        return names
+
+    def pin(self, manifest_id: bytes) -> bool:
+        """Hold a stored manifest (and its file) by a pin; False if it was pinned already.
+        Raises NotFound when the manifest is not stored."""
+
+        def body(txn: lmdb.Transaction) -> bool:
+            if txn.get(manifest_id, db=self._manifests) is None:
+                raise NotFound(f"no manifest {manifest_id.hex()} in the store at {self.home}")
+            return txn.put(manifest_id, b"", db=self._pins, overwrite=False)
 
         return self._transact(body)
+
+    def unpin(self, manifest_id: bytes) -> bool:
+        """Drop a pin (the file goes with it unless a name, a download or a lease holds it);
+        False if it was not pinned."""
+        removed = self._transact(lambda txn: txn.delete(manifest_id, db=self._pins))
+        if removed:
+            self._drop_unheld([manifest_id])
+        return removed
+
+    def pins(self) -> list[bytes]:
+        """The pinned manifest ids."""
+        with self._read() as txn:
+            return [bytes(k) for k in txn.cursor(db=self._pins).iternext(values=False)]
+
+    def downloads(self) -> list[tuple[bytes, str]]:
+        """Every (manifest id, what the get asked for) of a download not completed."""
+        with self._read() as txn:
+            return [(bytes(k), bytes(v).decode()) for k, v in txn.cursor(db=self._downloads)]
+
+    def is_pinned(self, manifest_id: bytes) -> bool:
+        with self._read() as txn:
+            return txn.get(manifest_id, db=self._pins) is not None
+
+    def _held_manifests(self, txn: lmdb.Transaction) -> set[bytes]:
+        """The manifests a name, a pin or a download entry holds."""
+        held = {bytes(v) for v in txn.cursor(db=self._names).iternext(keys=False)}
+        for db in (self._pins, self._downloads):
+            held.update(bytes(k) for k in txn.cursor(db=db).iternext(values=False))
+        return held
+
+    def _drop_unheld(self, manifest_ids: Iterable[bytes]) -> int:
+        """Delete the manifests of `manifest_ids` nothing holds and no live lease covers (no
+        longer announced or served as files); their chunks wait for gc. Returns how many."""
+        # Exclusive with gc and with an operation looking at the store after recording its
+        # lease: a lease recorded before the look below is seen; one recorded after it
+        # finds the manifest gone.
+        with gc_exclusive(self.home, wait=True):
+            return self._drop_unheld_now(set(manifest_ids), live_manifests(self.home))
+
+    def _drop_unheld_now(self, wanted: set[bytes], leased: set[bytes]) -> int:
+        """`_drop_unheld` for a caller holding gc.lock, with the leased manifests it read."""
+
+        def body(txn: lmdb.Transaction) -> int:
+            dropped = 0
+            held = self._held_manifests(txn)  # one pass over the names, however many
+            for mid in wanted:
+                if mid in held:
+                    continue
+                # no longer a file of this node: neither announced nor said to be held
+                txn.delete(mid, db=self._complete)
+                txn.delete(KIND_MANIFEST + mid, db=self._announce)
+                if mid not in leased:  # a lease's reader needs it until it ends
+                    dropped += txn.delete(mid, db=self._manifests)
+            return dropped
+
+        return self._transact(body) if wanted else 0
 
     # -- published names, pins and trusted publishers ----------------------------------------
     def own_record(self, name: str) -> bytes | None:
@@ -589,47 +778,251 @@ class Store:
             return [bytes(k) for k in txn.cursor(db=self._index).iternext(values=False)]
 
     # -- leases and gc ----------------------------------------------------------------------
-    @contextmanager
-    def lease(self) -> Iterator[None]:
-        """Mark this process as writing chunks not yet referenced by a manifest (gc waits)."""
-        # One key per lease: a process may hold several at once (a Node's download and an
-        # add of the same program), and ending one must not end the others.
-        key = f"{os.getpid()}.{next(_lease_numbers)}".encode()
-        self._transact(lambda txn: txn.put(key, b"", db=self._leases))
-        _held_leases.add(key)
-        try:
-            yield
-        finally:
-            _held_leases.discard(key)
-            self._transact(lambda txn: txn.delete(key, db=self._leases))
+    def lease(self) -> Lease:
+        """A lease on this store for one operation (a `with` block ends it): what it covers
+        stays stored, whatever is released or collected meanwhile (see local/leases.py)."""
+        return Lease(self.home)
 
-    def gc(self) -> GcResult:
-        """Delete every chunk no manifest references; refuses while a writer is active."""
+    def keep_chunk(self, lease: Lease, chunk_id: bytes) -> bool:
+        """Cover `chunk_id` by `lease`; True when it is stored (and so stays stored while the
+        lease lives), False when it is not or a gc is running (the caller stores it: storing
+        a chunk that is there changes nothing)."""
+        lease.cover(COVER_CHUNK, [chunk_id])
+        with lease.no_gc_running(wait=False) as quiet:
+            return quiet and self.has_chunk(chunk_id)
 
-        def body(txn: lmdb.Transaction) -> GcResult:
-            for key, _ in list(txn.cursor(db=self._leases)):
-                pid = int(bytes(key).split(b".")[0])
-                held = bytes(key) in _held_leases or (pid != os.getpid() and pid_alive(pid))
-                if held:
-                    raise ChunkstoreError(
-                        f"process {pid} is adding to this store; run gc when it has finished"
-                    )
-                txn.delete(bytes(key), db=self._leases)  # left by a killed process
-            # One write transaction: no add can slip a manifest in meanwhile.
-            referenced: set[bytes] = set()
-            for _, data in txn.cursor(db=self._manifests):
-                referenced.update(r.chunk_id for r in Manifest.from_bytes(bytes(data)).chunks)
-            doomed = [
-                (bytes(k), _LENGTH.unpack(v)[0])
-                for k, v in txn.cursor(db=self._index)
-                if bytes(k) not in referenced
-            ]
-            for cid, _ in doomed:
-                txn.delete(cid, db=self._chunks)
-                txn.delete(cid, db=self._index)
-                txn.delete(KIND_CHUNK + cid, db=self._announce)
-            return GcResult(len(doomed), sum(n for _, n in doomed))
+    def keep_file(self, lease: Lease, manifest_id: bytes) -> Manifest | None:
+        """Cover a manifest and every chunk it lists by `lease`, once any running gc has
+        ended; returns the manifest if it is still stored (None: it was removed first).
+        What of the file is stored now stays stored while the lease lives."""
+        lease.cover(COVER_MANIFEST, [manifest_id])
+        with lease.no_gc_running(wait=True):
+            return self.get_manifest(manifest_id)
 
-        result = self._transact(body)
+    def gc(self, compact: bool | None = None) -> GcResult:
+        """Delete the manifests nothing holds and every chunk no kept manifest references and
+        no live lease covers, in bounded transactions; then compact the store file when
+        `compact` (None: when it would return at least an eighth of the file) and no other
+        process has the store open. Manifests that cannot be decoded are skipped and listed
+        (their chunks are not protected: the file cannot be restored anyway). Raises
+        ChunkstoreError while another gc runs on this home."""
+        before = self.file_bytes()
+        with gc_exclusive(self.home, wait=False) as alone:
+            if not alone:
+                raise ChunkstoreError(f"another gc is running on the store at {self.home}")
+            result = _Sweep(self).run()
         self.sync()
-        return result
+        now = self.file_bytes()
+        if compact is False or (
+            compact is None and self.reclaimable_bytes() < max(now // 8, 1 << 20)
+        ):
+            return dataclasses.replace(result, store_bytes_before=before, store_bytes_after=now)
+        note = self.compact()
+        return dataclasses.replace(
+            result,
+            store_bytes_before=before,
+            store_bytes_after=self.file_bytes(),
+            compacted=not note,
+            compact_note=note,
+        )
+
+    # -- compaction -------------------------------------------------------------------------
+    def file_bytes(self) -> int:
+        """Bytes the store's data file takes on disk."""
+        st = os.stat(self.home / "store" / "data.mdb")
+        return st.st_blocks * 512
+
+    def reclaimable_bytes(self) -> int:
+        """About how many bytes a compaction would give back: the file's pages no database
+        uses (LMDB's free pages)."""
+        with self._read() as txn:
+            used = sum(
+                st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
+                for st in [txn.stat(db) for db in self._all_dbs()] + [self.env.stat()]
+            )
+        info, psize = self.env.info(), self.env.stat()["psize"]
+        return max(0, (info["last_pgno"] + 1 - used - 2) * psize)  # 2: LMDB's meta pages
+
+    def _all_dbs(self) -> list:
+        return [
+            self._chunks,
+            self._index,
+            self._manifests,
+            self._names,
+            self._pins,
+            self._complete,
+            self._announce,
+            self._downloads,
+            self._meta,
+            self._published,
+            self._name_pins,
+            self._trusted,
+        ]
+
+    def compact(self) -> str:
+        """Rewrite the store file without its free pages (an LMDB compacting copy, synced,
+        renamed over the file) so the space goes back to the filesystem; "" when done, else
+        why it could not be (the store is unchanged then). Only while no other process and
+        no other handle of this process has the store open: they map the old file. The
+        caller must not use this handle from another thread meanwhile (the environment is
+        closed and opened again under it)."""
+        path = self.home / "store"
+        with _environments_lock:
+            assert self._key is not None, "compact on a closed Store"
+            shared = _environments[self._key]
+            if shared.handles > 1:
+                return "the store is open elsewhere in this process"
+            if not try_flock(shared.lock_fd, fcntl.LOCK_EX):
+                fcntl.flock(shared.lock_fd, fcntl.LOCK_SH)  # a failed upgrade may drop it
+                return (
+                    "another process has the store open (a serving node, an add or a get); "
+                    "run gc when it has finished"
+                )
+            try:
+                return self._swap_compacted(shared, path)
+            finally:
+                fcntl.flock(shared.lock_fd, fcntl.LOCK_SH)
+
+    def _swap_compacted(self, shared: _Environment, path: Path) -> str:
+        work = path / "compact.tmp"
+        shutil.rmtree(work, ignore_errors=True)  # a compaction killed before its rename
+        work.mkdir(mode=0o700)
+        try:
+            try:
+                self.env.copy(str(work), compact=True)
+                copy = work / "data.mdb"
+                os.chmod(copy, 0o600)
+                with open(copy, "rb+") as f:
+                    os.fsync(f.fileno())
+            except (OSError, lmdb.Error) as e:
+                return f"the compacted copy could not be written ({e}); the store is unchanged"
+            shared.env.close()
+            note = ""
+            try:
+                # atomic: a kill leaves the old file or the new one, both whole
+                os.rename(copy, path / "data.mdb")
+                dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+            except OSError as e:
+                note = f"the compacted copy could not replace the store file ({e})"
+            fresh = _Environment(path)  # the new file, or the old one if the rename failed
+            fresh.lock_fd, fresh.handles = shared.lock_fd, shared.handles
+            _environments[self._key] = fresh  # type: ignore[index]
+            self._bind(fresh)
+            return note
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+# Chunk ids examined per sweeping transaction: a write transaction blocks every writer, so
+# each does a bounded amount of work (lookups and deletes, never decoding a manifest).
+SWEEP_BATCH = 4096
+
+
+class _Sweep:
+    """One gc pass, run while holding gc.lock exclusively (see local/leases.py).
+
+    Marks the chunks of every kept manifest and live lease (manifests decoded in short read
+    transactions), then sweeps the chunk index in batches. Each deleting transaction first
+    checks that no manifest was stored since the marking (the generation) and re-reads the
+    leases; when either brought something new it is marked before the batch is retried."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.leases = LeaseScan(store.home)
+        self.keep: set[bytes] = set()
+        self.decoded: set[bytes] = set()
+        self.undecodable: list[str] = []
+        self.leased: set[bytes] = set()
+        self.generation = -1
+
+    def run(self) -> GcResult:
+        s = self.store
+        chunks, self.leased = self.leases.read()
+        self.keep |= chunks
+        with s._read() as txn:
+            self.generation = s._generation(txn)
+            stored = [bytes(k) for k in txn.cursor(db=s._manifests).iternext(values=False)]
+        dropped = s._drop_unheld_now(set(stored), self.leased)
+        self._mark_new()
+        deleted = freed = 0
+        after = b""
+        while True:
+            scanned, doomed = self._candidates(after)
+            if not scanned:
+                break
+            after = scanned
+            while doomed:
+                outcome = s._transact(lambda txn, d=doomed: self._delete(txn, d))
+                if outcome is None:  # something new to mark first
+                    self._mark_new()
+                    doomed = [(c, n) for c, n in doomed if c not in self.keep]
+                    continue
+                deleted += outcome[0]
+                freed += outcome[1]
+                break
+        return GcResult(
+            chunks_deleted=deleted,
+            bytes_freed=freed,
+            manifests_dropped=dropped,
+            undecodable=self.undecodable,
+        )
+
+    def _mark_new(self) -> None:
+        """Mark the chunks of stored manifests and leased ones not decoded yet."""
+        s = self.store
+        with s._read() as txn:
+            self.generation = s._generation(txn)
+            ids = {bytes(k) for k in txn.cursor(db=s._manifests).iternext(values=False)}
+        for mid in (ids | self.leased) - self.decoded:
+            self.decoded.add(mid)
+            try:
+                manifest = s.get_manifest(mid)
+            except ChunkstoreError as e:
+                self.undecodable.append(mid.hex())
+                log.warning("gc: skipping manifest %s: %s", mid.hex(), e)
+                continue
+            if manifest is not None:
+                self.keep.update(r.chunk_id for r in manifest.chunks)
+
+    def _candidates(self, after: bytes) -> tuple[bytes, list[tuple[bytes, int]]]:
+        """(the last id looked at, b"" at the end; the unmarked chunks among the next batch)."""
+        s = self.store
+        doomed = []
+        last = b""
+        with s._read() as txn:
+            cursor = txn.cursor(db=s._index)
+            found = cursor.set_range(after) if after else cursor.first()
+            looked = 0
+            while found and looked < SWEEP_BATCH:
+                key = bytes(cursor.key())
+                if key != after:
+                    looked += 1
+                    last = key
+                    if key not in self.keep:
+                        doomed.append((key, _LENGTH.unpack(cursor.value())[0]))
+                found = cursor.next()
+        return last, doomed
+
+    def _delete(
+        self, txn: lmdb.Transaction, doomed: list[tuple[bytes, int]]
+    ) -> tuple[int, int] | None:
+        s = self.store
+        chunks, manifests = self.leases.read()  # inside the transaction: see local/leases.py
+        self.keep |= chunks
+        self.leased |= manifests
+        if s._generation(txn) != self.generation or manifests - self.decoded:
+            return None
+        deleted = freed = 0
+        for cid, size in doomed:
+            if cid in self.keep:
+                continue
+            if txn.delete(cid, db=s._chunks):
+                txn.delete(cid, db=s._index)
+                txn.delete(KIND_CHUNK + cid, db=s._announce)
+                deleted += 1
+                freed += size
+        return deleted, freed

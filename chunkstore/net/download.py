@@ -512,6 +512,7 @@ async def fetch_file(
     stall_seconds: float = STALL_SECONDS,
     started: float | None = None,
     patience: float = DEFAULT_PATIENCE,
+    hold_as: tuple[str, bytes] | None = None,
 ) -> GetResult:
     """Fetch `name_or_id` into the store and to `output`: a path (a regular file is written
     at chunk offsets as chunks arrive and renamed into place when complete), a stream
@@ -534,7 +535,12 @@ async def fetch_file(
     the store), "done"; and, running beside the transfers when they happen,
     "manifest_holders_all" (a full lookup of the manifest's holders) and "chunk_holders"
     (the holders of every missing chunk, looked up with fewer than ENOUGH_SOURCES holders
-    of the manifest)."""
+    of the manifest).
+
+    What holds the file in the store: while the get runs, its lease; from the moment its
+    manifest is stored until it ends, a download entry (listed as incomplete, kept if the
+    get fails so a retry resumes, dropped by `rm`); once complete, the name it was asked by
+    (or `hold_as`: (name, publisher), a share link's), else a pin (a get by id)."""
     clock = PhaseClock(started)
     clock.mark("join")
     deadline = clock.started + patience
@@ -542,17 +548,20 @@ async def fetch_file(
     manifest_id = target.manifest_id
     clock.mark("name")
     search = HolderSearch(lookup, manifest_id, clock, deadline)
+    name, publisher = hold_as if hold_as is not None else (target.name, target.publisher)
     try:
         await search.start()
-        manifest = store.get_manifest(manifest_id)
-        if manifest is None:
-            manifest = await fetch_manifest_patiently(client, manifest_id, search)
-            store.put_manifest(manifest, pin=True, announce=False)  # announced once complete
-        clock.mark("manifest")
-        if on_total:
-            on_total(manifest.size)
-        name = target.name
-        with store.lease():
+        with store.lease() as lease:
+            # In a thread: this waits while a gc runs, and the loop must not.
+            manifest = await asyncio.to_thread(store.keep_file, lease, manifest_id)
+            if manifest is None:
+                manifest = await fetch_manifest_patiently(client, manifest_id, search)
+            # Held from here by a download entry (announced once complete); storing it counts
+            # up the generation, so a gc sweeping now marks its chunks before deleting more.
+            store.put_manifest(manifest, announce=False, download=name)
+            clock.mark("manifest")
+            if on_total:
+                on_total(manifest.size)
             if isinstance(output, Path) and _is_file_target(output):
                 with atomic_output(output, force=force) as f:
                     # Not pre-sized: the file grows only as verified chunks are written at
@@ -580,7 +589,8 @@ async def fetch_file(
                 sources = await job.run(search, stall_seconds)
                 if output is not None:
                     restore(store, manifest, output, force=force, progress=progress)
-            store.put_manifest(manifest, name=name or None, pin=True, publisher=target.publisher)
+            # Held by its name from now on (a get by id: by a pin), like an added file.
+            store.put_manifest(manifest, name=name or None, pin=not name, publisher=publisher)
     finally:
         await search.close()
     store.sync()
