@@ -73,12 +73,16 @@ class FileInfo:
 
 @dataclass
 class VerifyReport:
-    """`chunkstore.verify`: what was re-hashed, and every corrupt or missing chunk."""
+    """`chunkstore.verify`: what was re-hashed, every corrupt or missing chunk, and partial
+    outputs left by killed gets."""
 
     chunks_checked: int = 0
     bytes_checked: int = 0
     corrupt: list[str] = field(default_factory=list)  # chunk ids (hex)
     missing: list[str] = field(default_factory=list)  # referenced by a manifest, absent
+    # partial outputs of this home's gets that were killed (no live get holds them): not
+    # damage to the store, so `ok` does not count them; a get of the same output removes them
+    leftover_partials: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

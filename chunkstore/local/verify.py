@@ -1,10 +1,12 @@
-"""Checking that the store is intact: every chunk re-hashed, every manifest complete."""
+"""Checking that the store is intact: every chunk re-hashed, every manifest complete; and
+listing the partial outputs killed gets left."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from chunkstore.errors import CorruptChunk
+from chunkstore.local.output import PartialLog
 from chunkstore.local.pipeline import ordered_map
 from chunkstore.local.store import Store
 from chunkstore.objects.codec import ChunkCodec
@@ -14,7 +16,8 @@ from chunkstore.results import VerifyReport
 def verify_store(
     store: Store, name_or_id: str | None = None, progress: Callable[[int], None] | None = None
 ) -> VerifyReport:
-    """Re-hash every chunk of the store (or of one file) and list what is corrupt or missing."""
+    """Re-hash every chunk of the store (or of one file) and list what is corrupt or missing,
+    and the partial outputs that gets of this home left when they were killed."""
     codec = ChunkCodec()
     report = VerifyReport()
     present: set[bytes] = set()
@@ -49,4 +52,5 @@ def verify_store(
             progress(size)
     absent = {ref.chunk_id for _, m in manifests for ref in m.chunks} - present
     report.missing.extend(sorted(cid.hex() for cid in absent))
+    report.leftover_partials = PartialLog(store.home).leftovers()
     return report
