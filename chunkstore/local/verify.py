@@ -33,7 +33,15 @@ def verify_store(
 
     if name_or_id is None:
         items = iter(store.iter_chunks())
-        manifests = list(store.iter_manifests())
+        # A manifest no name points at and not recorded complete is a download in progress
+        # or interrupted (a get resumes it): its absent chunks are still to come, not lost.
+        named = {mid for _, mid in store.names()}
+        manifests = []
+        for mid, manifest in store.iter_manifests():
+            if mid in named or store.is_complete(mid):
+                manifests.append((mid, manifest))
+            else:
+                report.incomplete.append(mid.hex())
     else:
         _, manifest = store.resolve(name_or_id)
         ids = list(dict.fromkeys(r.chunk_id for r in manifest.chunks))
