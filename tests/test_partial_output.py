@@ -137,6 +137,14 @@ def test_a_link_planted_at_the_partial_name_is_not_followed(stored, tmp_path: Pa
     assert file_hash(tmp_path / NAME) == file_hash(source)
 
 
+def test_a_fifo_planted_at_the_partial_name_does_not_block(stored, tmp_path: Path) -> None:
+    store, mid, manifest, source = stored
+    os.mkfifo(partial_path(tmp_path, NAME, mid))
+    restore(store, manifest, tmp_path / NAME)
+    assert file_hash(tmp_path / NAME) == file_hash(source)
+    assert partial_path(tmp_path, NAME, mid).exists()  # not ours to remove
+
+
 def test_cli_verify_lists_leftovers_and_a_get_clears_them(stored, tmp_path: Path) -> None:
     store, mid, _, source = stored
     out = tmp_path / NAME

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import re
@@ -44,7 +43,10 @@ PARTIAL_SUFFIX = ".partial"
 # A partial's name: `.NAME.KEY.partial`, KEY the first 16 hex digits of the file's manifest
 # id, or KEY-XXXXXXXX (random) while another get holds KEY's file.
 _PARTIAL_KEY = re.compile(r"[0-9a-f]{16}(-[0-9a-f]{8})?")
-_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+# NOFOLLOW: a symbolic link planted at the name is not followed; NONBLOCK: nor does a FIFO
+# planted there block the open (it is then refused as no regular file).
+_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+_PROBE_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 
 
 def partial_path(directory: Path, name: str, key: bytes) -> Path:
@@ -88,22 +90,36 @@ def _claim_partial(directory: Path, name: str, key: bytes | None) -> tuple[int, 
     Not mkstemp: its files are 0600, and the output must get the mode any new file gets here
     (0666 less the umask, applied by the kernel), as with cp or a shell redirection."""
     key = key if key is not None else secrets.token_bytes(8)
-    for attempt in range(100):
-        tmp = partial_path(directory, name, key)
-        if attempt:
-            tmp = tmp.with_name(tmp.name[: -len(PARTIAL_SUFFIX)] + f"-{secrets.token_hex(4)}")
-            tmp = tmp.with_name(tmp.name + PARTIAL_SUFFIX)
-        try:
-            fd = os.open(tmp, _OPEN_FLAGS, 0o666)
-        except OSError as e:
-            if e.errno == errno.ELOOP:  # a symbolic link planted at the name: never follow
-                continue
-            raise InputError(f"cannot write in {directory}: {e.strerror}") from None
-        if _lock_if_ours(fd, tmp):
+    shared = partial_path(directory, name, key)
+    try:
+        fd = os.open(shared, _OPEN_FLAGS, 0o666)
+    except OSError:
+        pass  # a link, a FIFO, another user's file: the name is not usable, take another
+    else:
+        if _lock_if_ours(fd, shared):
             os.ftruncate(fd, 0)
-            return fd, tmp
+            _blocking(fd)
+            return fd, shared
         os.close(fd)
+    stem = shared.name[: -len(PARTIAL_SUFFIX)]
+    for _ in range(100):
+        tmp = shared.with_name(f"{stem}-{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
+        try:
+            fd = os.open(tmp, _OPEN_FLAGS | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise InputError(f"cannot write in {directory}: {e.strerror}") from None
+        if not _lock_if_ours(fd, tmp):  # another get's sweep took it before we locked it
+            os.close(fd)
+            continue
+        _blocking(fd)
+        return fd, tmp
     raise InputError(f"cannot write in {directory}: no free temporary name")
+
+
+def _blocking(fd: int) -> None:
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
 
 
 def _sweep_partials(directory: Path, name: str, keep: Path) -> None:
@@ -118,7 +134,7 @@ def _sweep_partials(directory: Path, name: str, keep: Path) -> None:
         if path == keep:
             continue
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            fd = os.open(path, _PROBE_FLAGS)
         except OSError:
             continue
         try:
@@ -170,7 +186,7 @@ class PartialLog:
             except OSError:
                 continue
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+                fd = os.open(path, _PROBE_FLAGS)
             except FileNotFoundError:
                 self.discard(path)
                 continue
