@@ -11,7 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from chunkstore.local.add import add_file
 from chunkstore.local.store import Store
+from chunkstore.local.verify import verify_store
+from chunkstore.objects.chunking import ChunkerParams
+from chunkstore.objects.manifest import ChunkRef, Manifest
+from tests.helpers import MIB, write_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,6 +29,29 @@ def test_store_flushes_data_at_every_commit(tmp_path: Path) -> None:
         assert flags["sync"] is True
         assert flags["metasync"] is False
         assert flags["writemap"] is False  # NOSYNC|WRITEMAP-like orderings stay out
+
+
+def test_verify_tells_an_unfinished_download_from_a_damaged_file(tmp_path: Path) -> None:
+    source = write_file(tmp_path / "f.bin", 3 * MIB, seed=21)
+    with Store(tmp_path / "home") as store:
+        result = add_file(store, source, name="f.bin", chunker=ChunkerParams.fixed(MIB))
+        mid, manifest = store.resolve("f.bin")
+        # a get killed after the manifest and one chunk: pinned, neither named nor complete
+        other = Manifest(
+            size=2 * MIB,
+            chunker=ChunkerParams.fixed(MIB),
+            chunks=(manifest.chunks[0], ChunkRef(bytes(32), MIB)),
+        )
+        store.put_manifest(other, pin=True, announce=False)
+        report = verify_store(store)
+        assert report.ok and report.missing == []
+        assert report.incomplete == [other.id.hex()]
+        # a chunk of the named, complete file lost: that is damage
+        lost = manifest.chunks[1].chunk_id
+        store._transact(lambda txn: txn.delete(lost, db=store._chunks))
+        report = verify_store(store)
+        assert not report.ok and report.missing == [lost.hex()]
+        assert result.chunks == 3
 
 
 @pytest.mark.slow
