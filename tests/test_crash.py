@@ -122,9 +122,10 @@ def test_random_sigkills_of_add_get_gc_never_corrupt_nor_refetch(tmp_path: Path)
             "gc": timed(chunkstore("gc", "--home", str(client))),
         }  # fmt: skip
 
-        i = -1
+        fresh = 0  # the next file no step has worked on
         for step, op in enumerate(ops):
-            i = max(i, 0) if op == "gc" else i + 1  # the file this step works on
+            i = max(fresh - 1, 0) if op == "gc" else fresh  # the file this step works on
+            fresh += op != "gc"
             mid, manifest = manifests[i]
             ids = {r.chunk_id for r in manifest.chunks}
             where = f"step {step} ({op} of {sources[i].name}, seed {seed})"
