@@ -1,17 +1,21 @@
 #!/usr/bin/env python3
-"""Ingest / restore throughput of chunkstore against zstd, cp and restic, plus peak RSS.
+"""Ingest / restore throughput of chunkstore against zstd, cp, restic and borg, plus peak RSS
+and the cost of the store's crash-safe durability mode.
 
 Run from the repository root with the project's virtualenv:
 
     python benchmarks/ingest.py [--size 1GiB] [--repeat 3] [--workdir DIR] [--json OUT.json]
-                                [--skip-restic] [--rss-size 4GiB | --no-rss]
+                                [--skip-restic] [--skip-borg] [--rss-size 4GiB | --no-rss]
 
 1. Generates a deterministic file (first half random bytes, second half Zipf-distributed word
    text that zstd -3 compresses to roughly 30%: chunkstore.demo.sample_files' "mixed"),
    streaming in 4 MiB blocks.
 2. For each repetition, times as subprocesses, in a fixed order:
-     add: `zstd -3 -T2`, `chunkstore add` (fresh store), `restic backup` (fresh repository)
-     get: `cp`, `zstd -d`, `chunkstore get`, `restic restore`
+     add: `zstd -3 -T2`, `chunkstore add` (fresh store), `chunkstore add` with the store in
+          LMDB's old NOSYNC mode (fresh store: what the crash-safe mode costs),
+          `restic backup` (fresh repository), `borg create` (fresh repository, no encryption,
+          zstd level 3 like chunkstore)
+     get: `cp`, `zstd -d`, `chunkstore get`, `restic restore`, `borg extract`
    and checks every restored file is byte-identical to the input (same size and BLAKE3).
 3. Runs `chunkstore add` / `get` on a larger file (default 4 GiB) to measure peak RSS against
    the 150 MiB goal.
@@ -69,26 +73,40 @@ BLOCK = 4 * MiB  # warm-up unit (and the sample files' block): cheap, small in R
 SEED = 0x636B7374  # fixed: every run benchmarks the same bytes
 RSS_GOAL_MIB = 150.0
 RESTIC_PASSWORD = "chunkstore-benchmark"  # throwaway repositories inside the temp workdir
+# The Debian packages of the reference tools (as root, missing ones are apt-installed).
+PACKAGES = {"zstd": "zstd", "restic": "restic", "borg": "borgbackup"}
+# `chunkstore` with the store opened as before issue 12 (MDB_NOSYNC, one sync at the end):
+# the durability mode's cost is the difference between the two add rows.
+NOSYNC_CLI = (
+    "import sys; import chunkstore.local.store as store; "
+    "store.LMDB_SYNC.clear(); store.LMDB_SYNC['sync'] = False; "
+    "from chunkstore_cli.app import main; sys.argv[0] = 'chunkstore'; main()"
+)
 STORED_NAME = "bench.bin"
 
 # (subject, reference, minimum ratio of subject throughput to reference throughput)
 GOALS: list[tuple[str, str, float]] = [
     ("chunkstore add", "zstd add", 1.0),
     ("chunkstore add", "restic add", 1.5),
+    ("chunkstore add", "borg add", 1.5),
     ("chunkstore get", "zstd get", 1.0),
     ("chunkstore get", "cp get", 0.5),
     ("chunkstore get", "restic get", 1.5),
+    ("chunkstore get", "borg get", 1.5),
 ]
 
 # Display labels and table order of every measured (tool, operation).
 LABELS: dict[str, tuple[str, str]] = {
     "zstd add": ("zstd -3 -T2", "add"),
     "chunkstore add": ("chunkstore add", "add"),
+    "chunkstore add nosync": ("chunkstore add, NOSYNC", "add"),
     "restic add": ("restic backup", "add"),
+    "borg add": ("borg create", "add"),
     "cp get": ("cp", "get"),
     "zstd get": ("zstd -d", "get"),
     "chunkstore get": ("chunkstore get", "get"),
     "restic get": ("restic restore", "get"),
+    "borg get": ("borg extract", "get"),
 }
 
 
@@ -158,6 +176,7 @@ def run_measured(
     nbytes: int,
     log: Path,
     env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> Run:
     """Run `cmd`, waiting with os.wait4 to get its wall time, CPU time and peak RSS.
 
@@ -169,7 +188,7 @@ def run_measured(
         out.flush()
         start = time.perf_counter()
         proc = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
+            argv, stdout=out, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL, cwd=cwd
         )
         sampler = RssSampler(proc.pid)
         sampler.start()
@@ -217,12 +236,13 @@ def chunkstore_cmd() -> list[str]:
     return [sys.executable, "-m", "chunkstore_cli"]
 
 
-def ensure_tools(want_restic: bool) -> dict[str, bool]:
+def ensure_tools(want_restic: bool, want_borg: bool) -> dict[str, bool]:
     """Which reference tools are usable; installs missing ones with apt-get when root."""
-    wanted = ["zstd"] + (["restic"] if want_restic else [])
+    wanted = ["zstd"] + (["restic"] if want_restic else []) + (["borg"] if want_borg else [])
     missing = [t for t in wanted if shutil.which(t) is None]
     if missing and os.geteuid() == 0 and shutil.which("apt-get"):
-        print(f"setup: installing {' '.join(missing)} with apt-get ...", flush=True)
+        packages = [PACKAGES[t] for t in missing]
+        print(f"setup: installing {' '.join(packages)} with apt-get ...", flush=True)
         ok = (
             subprocess.run(
                 ["apt-get", "update"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -231,19 +251,19 @@ def ensure_tools(want_restic: bool) -> dict[str, bool]:
         )
         if ok:
             subprocess.run(
-                ["apt-get", "install", "-y", *missing],
+                ["apt-get", "install", "-y", *packages],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
             )
-    have = {t: shutil.which(t) is not None for t in ("zstd", "restic", "cp")}
-    if not want_restic:
-        have["restic"] = False
+    have = {t: shutil.which(t) is not None for t in ("zstd", "restic", "borg", "cp")}
+    have["restic"] = have["restic"] and want_restic
+    have["borg"] = have["borg"] and want_borg
     for tool in wanted:
         if not have[tool]:
             print(
-                f"setup: {tool} is not available (install it, e.g. `apt-get install {tool}`); "
-                f"its rows are skipped",
+                f"setup: {tool} is not available (install it, e.g. "
+                f"`apt-get install {PACKAGES[tool]}`); its rows are skipped",
                 flush=True,
             )
     if not have["cp"]:
@@ -261,6 +281,7 @@ class Context:
     chunkstore: list[str]
     log: Path
     restic_env: dict[str, str] = field(default_factory=dict)
+    borg_env: dict[str, str] = field(default_factory=dict)
 
 
 def check_output(ctx: Context, path: Path, what: str) -> None:
@@ -300,6 +321,19 @@ def bench_add(ctx: Context, rep: int, results: dict[str, list[Run]]) -> dict[str
     results["chunkstore add"].append(run)
     made["chunkstore"] = home
 
+    # The same add with the store as it was opened before (MDB_NOSYNC): the durability cost.
+    nosync_home = ctx.work / f"store-nosync.{rep}"
+    warm([ctx.input])
+    run = run_measured(
+        [sys.executable, "-c", NOSYNC_CLI, "add", ctx.input, "--name", STORED_NAME]
+        + ["--home", nosync_home, "--json"],
+        nbytes=ctx.size,
+        log=ctx.log,
+    )
+    run.stored_bytes = disk_usage(nosync_home)
+    results["chunkstore add nosync"].append(run)
+    made["chunkstore nosync"] = nosync_home
+
     if ctx.have["restic"]:
         repo = ctx.work / f"restic.{rep}"
         env = {**ctx.restic_env, "RESTIC_REPOSITORY": str(repo)}
@@ -313,6 +347,27 @@ def bench_add(ctx: Context, rep: int, results: dict[str, list[Run]]) -> dict[str
         run.stored_bytes = disk_usage(repo)
         results["restic add"].append(run)
         made["restic"] = repo
+
+    if ctx.have["borg"]:
+        repo = ctx.work / f"borg.{rep}"
+        init = subprocess.run(
+            ["borg", "init", "--encryption=none", repo],
+            env=ctx.borg_env,
+            capture_output=True,
+            text=True,
+        )
+        if init.returncode != 0:
+            raise BenchError(f"borg init failed:\n{init.stdout}{init.stderr}")
+        warm([ctx.input])
+        run = run_measured(
+            ["borg", "create", "--compression", "zstd,3", f"{repo}::bench", ctx.input],
+            env=ctx.borg_env,
+            nbytes=ctx.size,
+            log=ctx.log,
+        )
+        run.stored_bytes = disk_usage(repo)
+        results["borg add"].append(run)
+        made["borg"] = repo
     return made
 
 
@@ -371,6 +426,23 @@ def bench_get(ctx: Context, rep: int, made: dict[str, Path], results: dict[str, 
         )
         # restic recreates the absolute path of the backed-up file under the target
         check_output(ctx, target / ctx.input.relative_to(ctx.input.anchor), "restic restore")
+        shutil.rmtree(target)
+
+    if "borg" in made:
+        target = ctx.work / f"borg-extract.{rep}"
+        target.mkdir()
+        warm([made["borg"]])
+        results["borg get"].append(
+            run_measured(
+                ["borg", "extract", f"{made['borg']}::bench"],
+                env=ctx.borg_env,
+                nbytes=ctx.size,
+                log=ctx.log,
+                cwd=target,
+            )
+        )
+        # borg extracts into the current directory, the path without its leading /
+        check_output(ctx, target / ctx.input.relative_to(ctx.input.anchor), "borg extract")
         shutil.rmtree(target)
 
 
@@ -489,6 +561,26 @@ def ratios(results: dict[str, list[Run]]) -> list[dict[str, Any]]:
     return out
 
 
+def durability_cost(results: dict[str, list[Run]]) -> dict[str, float] | None:
+    """What the crash-safe mode (MDB_NOMETASYNC: data flushed at every commit) costs add
+    against the old NOSYNC mode, both with their final sync, from the same repetitions."""
+    safe, fast = results.get("chunkstore add", []), results.get("chunkstore add nosync", [])
+    if not safe or not fast:
+        return None
+    safe_mbps = statistics.median(r.mbps for r in safe)
+    fast_mbps = statistics.median(r.mbps for r in fast)
+    paired = [a.mbps / b.mbps for a, b in zip(safe, fast, strict=True)]
+    return {
+        "nometasync_mbps": safe_mbps,
+        "nosync_mbps": fast_mbps,
+        "ratio": safe_mbps / fast_mbps,
+        "paired_min": min(paired),
+        "paired_max": max(paired),
+        "nometasync_synced_mbps": statistics.median(r.mbps_synced for r in safe),
+        "nosync_synced_mbps": statistics.median(r.mbps_synced for r in fast),
+    }
+
+
 def table_rows(rows: dict[str, dict[str, Any]], size: int) -> tuple[list[str], list[list[str]]]:
     header = [
         "tool",
@@ -571,6 +663,16 @@ def report(data: dict[str, Any]) -> str:
             f"[{r['paired_min']:.2f}–{r['paired_max']:.2f}]  (goal >= {r['goal']:.1f}x)"
             f"  {verdict}"
         )
+    cost = data.get("durability")
+    if cost:
+        lines += [
+            "",
+            "durability mode (median MB/s of the same repetitions):",
+            f"  add, NOMETASYNC (crash-safe, now) {cost['nometasync_mbps']:.0f}"
+            f" / NOSYNC (before) {cost['nosync_mbps']:.0f} = {cost['ratio']:.2f}x "
+            f"[{cost['paired_min']:.2f}–{cost['paired_max']:.2f}]; incl. the `sync` after: "
+            f"{cost['nometasync_synced_mbps']:.0f} / {cost['nosync_synced_mbps']:.0f}",
+        ]
     rss = data.get("rss")
     if rss:
         lines += [
@@ -594,6 +696,11 @@ def report(data: dict[str, Any]) -> str:
             f">= {r['goal']:.1f}x | {'ok' if r['met'] else 'missed'} |"
             for r in data["ratios"]
         ]
+        if cost:
+            md_ratios.append(
+                f"| chunkstore add, NOMETASYNC / NOSYNC (durability cost) | "
+                f"{cost['ratio']:.2f}x | | |"
+            )
         if md_ratios:
             lines += ["| ratio | measured | goal | |", "|---|---:|---:|---|", *md_ratios, ""]
         if rss:
@@ -623,6 +730,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--json", type=Path, metavar="OUT.json", help="also write the data as JSON")
     p.add_argument("--skip-restic", action="store_true", help="do not compare with restic")
+    p.add_argument("--skip-borg", action="store_true", help="do not compare with borg")
     rss = p.add_mutually_exclusive_group()
     rss.add_argument(
         "--rss-size", type=input_size, default=4 * GiB, help="file size for the peak-RSS run (4GiB)"
@@ -635,7 +743,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def run_benchmark(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    have = ensure_tools(not args.skip_restic)
+    have = ensure_tools(not args.skip_restic, not args.skip_borg)
     chunkstore = chunkstore_cmd()
     if (
         subprocess.run(
@@ -656,6 +764,12 @@ def run_benchmark(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             **os.environ,
             "RESTIC_PASSWORD": RESTIC_PASSWORD,
             "RESTIC_CACHE_DIR": str(work / "restic-cache"),
+        },
+        borg_env={
+            **os.environ,
+            "BORG_BASE_DIR": str(work / "borg-home"),  # its cache, config and keys
+            "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes",
+            "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes",
         },
     )
 
@@ -688,12 +802,14 @@ def run_benchmark(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "versions": {
             "zstd": tool_version(["zstd", "--version"]) if have["zstd"] else None,
             "restic": tool_version(["restic", "version"]) if have["restic"] else None,
+            "borg": tool_version(["borg", "--version"]) if have["borg"] else None,
             "cp": tool_version(["cp", "--version"]),
         },
         "cli_startup_s": cli_startup(ctx),
         "runs": {k: [asdict(r) | {"mbps": r.mbps} for r in v] for k, v in results.items() if v},
         "summary": summarise(results),
         "ratios": ratios(results),
+        "durability": durability_cost(results),
     }
     if not args.no_rss:
         data["rss"] = bench_rss(ctx, args.rss_size)

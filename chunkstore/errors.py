@@ -7,6 +7,7 @@ command line's flags: the CLI adds those where it has one to offer.
     ├── InputError            a path, name, id or option cannot be used
     │   ├── OutputExists      the output exists and overwriting was not asked for
     │   ├── UnsafeOutputName  a name cannot serve as a file name in the current directory
+    │   ├── InputChanged      a file changed while it was being added: nothing was named
     │   └── AmbiguousName     several publishers have published a name: choose one
     ├── NotFound              an unknown name, manifest id or chunk id
     │   └── NoNetwork         the file is not (completely) local and no way to peers is known
@@ -49,6 +50,20 @@ class UnsafeOutputName(InputError):
         self.name = name
         super().__init__(
             f"name {name!r} cannot be used as an output file name; give an output path"
+        )
+
+
+class InputChanged(InputError):
+    """The file changed while `add` read it (truncated, grown, rewritten or replaced): what
+    was read is no snapshot of any state of the file, so no name was stored for it.
+    `path` is the file, `detail` says what changed."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        self.path = path
+        self.detail = detail
+        super().__init__(
+            f"{path} changed while it was being read ({detail}); nothing was stored under "
+            "its name: add it again once it has stopped changing"
         )
 
 

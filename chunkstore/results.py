@@ -76,12 +76,19 @@ class FileInfo:
 
 @dataclass
 class VerifyReport:
-    """`chunkstore.verify`: what was re-hashed, and every corrupt or missing chunk."""
+    """`chunkstore.verify`: what was re-hashed, every corrupt or missing chunk, unfinished
+    downloads, and partial outputs left by killed gets."""
 
     chunks_checked: int = 0
     bytes_checked: int = 0
     corrupt: list[str] = field(default_factory=list)  # chunk ids (hex)
     missing: list[str] = field(default_factory=list)  # referenced by a manifest, absent
+    # manifests of downloads not finished (neither named nor complete): their absent chunks
+    # are to come, so they are not counted as missing
+    incomplete: list[str] = field(default_factory=list)
+    # partial outputs of this home's gets that were killed (no live get holds them): not
+    # damage to the store, so `ok` does not count them; a get of the same output removes them
+    leftover_partials: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

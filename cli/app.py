@@ -243,6 +243,12 @@ def verify(
                 f"checked {r.chunks_checked} chunks ({format_size(r.bytes_checked)})",
                 *[f"corrupt chunk {c}" for c in r.corrupt],
                 *[f"missing chunk {c}" for c in r.missing],
+                *[f"unfinished download {m} (a get of it resumes)" for m in r.incomplete],
+                *[
+                    f"leftover partial output {p} (of an interrupted get: a get of the same "
+                    "output removes it)"
+                    for p in r.leftover_partials
+                ],
                 "ok" if r.ok else f"FAILED: {len(r.corrupt)} corrupt, {len(r.missing)} missing",
             ],
         )

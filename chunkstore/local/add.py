@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import stat as statmod
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from chunkstore.errors import InputError
+from chunkstore.errors import InputChanged, InputError
 from chunkstore.local.pipeline import BackgroundWriter, ordered_map
 from chunkstore.local.store import Store
 from chunkstore.objects.chunking import ChunkerParams, iter_chunks
@@ -47,6 +48,51 @@ def open_input(path: Path) -> os.FileIO:
         raise InputError(f"cannot read {path}: {e.strerror}") from None
 
 
+@dataclass(frozen=True)
+class FileState:
+    """What tells one state of a regular file's contents from another without reading it."""
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+    device: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileState:
+        return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
+def input_change(
+    before: FileState, after: FileState, at_path: FileState | None, bytes_read: int
+) -> str | None:
+    """How a file read from `before` to `after` (its descriptor's states) changed, or None
+    when what was read is the file as it was: same size, times and inode, as many bytes read
+    as it holds, and still the file at its path (`at_path`; None: the path is gone).
+
+    A write that lands within one tick of the file system's clock and keeps the size cannot
+    be seen this way; restic and borg rely on the same states."""
+    if after.size != before.size:
+        return f"its size went from {before.size:,} to {after.size:,} bytes"
+    if bytes_read != before.size:
+        return f"{bytes_read:,} bytes were read of the {before.size:,} it held"
+    # Before the times: unlinking the file read (to remove or replace it) changes its ctime.
+    if at_path is None:
+        return "it was removed"
+    if (at_path.inode, at_path.device) != (before.inode, before.device):
+        return "another file replaced it"
+    if (after.mtime_ns, after.ctime_ns) != (before.mtime_ns, before.ctime_ns):
+        return "it was modified"
+    return None
+
+
+def _state_at(path: Path) -> FileState | None:
+    try:
+        return FileState.of(os.stat(path))
+    except OSError:
+        return None
+
+
 def add_file(
     store: Store,
     path: Path | str,
@@ -56,7 +102,10 @@ def add_file(
     chunker: ChunkerParams | None = None,
     progress: Progress | None = None,
 ) -> AddResult:
-    """Add the file at `path` to `store` under `name` (default: the file's base name)."""
+    """Add the file at `path` to `store` under `name` (default: the file's base name).
+
+    Raises InputChanged, storing no name, when the file changed while it was read (chunks
+    already written stay until a gc frees them)."""
     path = Path(path)
     name = validate_name(name if name is not None else path.name)
     chunker = chunker or ChunkerParams()
@@ -82,6 +131,7 @@ def add_file(
     writer = BackgroundWriter(write, depth=1)
     since_release = 0
     with open_input(path) as f, store.lease() as lease:
+        before = FileState.of(os.fstat(f.fileno()))
         try:
             for cid, size, stored in ordered_map(
                 encode, iter_chunks(f, chunker), window=INGEST_WINDOW
@@ -105,7 +155,11 @@ def add_file(
             raise InputError(f"error reading {path}: {e.strerror}") from None
         finally:
             written = writer.close()
-        manifest = Manifest(size=sum(r.size for r in refs), chunker=chunker, chunks=tuple(refs))
+        total = sum(r.size for r in refs)
+        change = input_change(before, FileState.of(os.fstat(f.fileno())), _state_at(path), total)
+        if change is not None:
+            raise InputChanged(str(path), change)
+        manifest = Manifest(size=total, chunker=chunker, chunks=tuple(refs))
         mid = store.put_manifest(manifest, name=name)
     new = sum(n for n, _ in written)
     stored_bytes = sum(b for _, b in written)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from chunkstore.errors import NotFound
-from chunkstore.local.output import Output, atomic_output
+from chunkstore.local.output import Output, PartialLog, atomic_output
 from chunkstore.local.pipeline import ordered_map
 from chunkstore.local.store import Store
 from chunkstore.objects.codec import ChunkCodec
@@ -81,7 +81,8 @@ def restore(
     """Write a file whose chunks are all in the store to a path (atomically) or a stream;
     returns how to show the output ("-" for a stream)."""
     if isinstance(output, Path):
-        with atomic_output(output, force=force) as f:
+        log = PartialLog(store.home)
+        with atomic_output(output, force=force, key=manifest.id, log=log) as f:
             write_to_stream(store, manifest, f, progress)
         return str(output)
     write_to_stream(store, manifest, output, progress)

@@ -29,9 +29,12 @@ Named databases:
   trusted    publisher key -> b"" : publishers the user trusts for every name
 
 LMDB serialises writers across processes and gives readers consistent snapshots, so the CLI
-and a running node can share one store. Writes use sync=False: a killed process loses nothing
-(the OS holds the pages) and a power loss loses at most the last transactions, never
-consistency; `sync()` is called before success is reported.
+and a running node can share one store. Durability (LMDB_SYNC): every commit flushes its data
+pages and writes the meta page without flushing it (MDB_NOMETASYNC), so a killed process loses
+nothing and a system crash can undo the last committed transaction but never corrupts the
+store; `sync()` (which flushes the meta page too) is called before success is reported.
+MDB_NOSYNC, used before, flushes nothing at commit: LMDB documents that a system crash can then
+corrupt the database unless the filesystem preserves write order.
 
 What is kept: a file (its manifest and chunks) is kept while a name, a pin or a download
 entry holds it, or a live lease (local/leases.py) covers it; releasing the last hold drops
@@ -95,6 +98,9 @@ DATABASES = (
     "name_pins",
     "trusted",
 )
+# py-lmdb's names for MDB_NOMETASYNC: flush data at every commit, the meta page at the next
+# commit or `sync()`. (benchmarks/ingest.py swaps in the old {"sync": False} to show the cost.)
+LMDB_SYNC: dict[str, bool] = {"sync": True, "metasync": False}
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 _LENGTH = struct.Struct("<I")
@@ -142,7 +148,7 @@ class _Environment:
             str(path),
             map_size=INITIAL_MAP_SIZE,
             max_dbs=12,
-            sync=False,
+            **LMDB_SYNC,
             max_readers=256,
             readahead=False,
             mode=0o600,  # the files of a new store: every stored file is in them
@@ -743,6 +749,7 @@ class Store:
         """Drop announced (object id, kind) pairs from the queue."""
         keys = [kind + oid for oid, kind in items]
         self._transact(lambda txn: [txn.delete(k, db=self._announce) for k in keys])
+        self.sync()  # the node's own record of what it announced: kept through a crash
 
     def announce_progress(self) -> bytes | None:
         """The saved progress of the re-announce round (opaque here), or None."""

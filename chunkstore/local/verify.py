@@ -1,10 +1,12 @@
-"""Checking that the store is intact: every chunk re-hashed, every manifest complete."""
+"""Checking that the store is intact: every chunk re-hashed, every manifest complete; and
+listing the partial outputs killed gets left."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from chunkstore.errors import CorruptChunk
+from chunkstore.local.output import PartialLog
 from chunkstore.local.pipeline import ordered_map
 from chunkstore.local.store import Store
 from chunkstore.objects.codec import ChunkCodec
@@ -14,7 +16,8 @@ from chunkstore.results import VerifyReport
 def verify_store(
     store: Store, name_or_id: str | None = None, progress: Callable[[int], None] | None = None
 ) -> VerifyReport:
-    """Re-hash every chunk of the store (or of one file) and list what is corrupt or missing."""
+    """Re-hash every chunk of the store (or of one file) and list what is corrupt or missing,
+    and the partial outputs that gets of this home left when they were killed."""
     codec = ChunkCodec()
     report = VerifyReport()
     present: set[bytes] = set()
@@ -30,7 +33,15 @@ def verify_store(
 
     if name_or_id is None:
         items = iter(store.iter_chunks())
-        manifests = list(store.iter_manifests())
+        # A manifest held by a download entry and not recorded complete is a download in
+        # progress or interrupted (a get resumes it): its absent chunks are still to come.
+        downloading = {mid for mid, _ in store.downloads()}
+        manifests = []
+        for mid, manifest in store.iter_manifests():
+            if mid in downloading and not store.is_complete(mid):
+                report.incomplete.append(mid.hex())
+            else:
+                manifests.append((mid, manifest))
     else:
         _, manifest = store.resolve(name_or_id)
         ids = list(dict.fromkeys(r.chunk_id for r in manifest.chunks))
@@ -49,4 +60,5 @@ def verify_store(
             progress(size)
     absent = {ref.chunk_id for _, m in manifests for ref in m.chunks} - present
     report.missing.extend(sorted(cid.hex() for cid in absent))
+    report.leftover_partials = PartialLog(store.home).leftovers()
     return report

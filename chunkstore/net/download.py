@@ -31,7 +31,7 @@ from chunkstore.errors import (
     PeerBusy,
     PeerMissing,
 )
-from chunkstore.local.output import Output, atomic_output
+from chunkstore.local.output import Output, PartialLog, atomic_output
 from chunkstore.local.pipeline import BackgroundWriter
 from chunkstore.local.restore import restore
 from chunkstore.local.store import Store
@@ -563,7 +563,8 @@ async def fetch_file(
             if on_total:
                 on_total(manifest.size)
             if isinstance(output, Path) and _is_file_target(output):
-                with atomic_output(output, force=force) as f:
+                log = PartialLog(store.home)
+                with atomic_output(output, force=force, key=manifest_id, log=log) as f:
                     # Not pre-sized: the file grows only as verified chunks are written at
                     # their offsets (a hostile manifest declaring terabytes made a 1.6 TB
                     # sparse file before any chunk was checked); the final size is set once
