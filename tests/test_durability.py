@@ -36,13 +36,13 @@ def test_verify_tells_an_unfinished_download_from_a_damaged_file(tmp_path: Path)
     with Store(tmp_path / "home") as store:
         result = add_file(store, source, name="f.bin", chunker=ChunkerParams.fixed(MIB))
         mid, manifest = store.resolve("f.bin")
-        # a get killed after the manifest and one chunk: pinned, neither named nor complete
+        # a get killed after the manifest and one chunk: held by its download entry only
         other = Manifest(
             size=2 * MIB,
             chunker=ChunkerParams.fixed(MIB),
             chunks=(manifest.chunks[0], ChunkRef(bytes(32), MIB)),
         )
-        store.put_manifest(other, pin=True, announce=False)
+        store.put_manifest(other, announce=False, download="other.bin")
         report = verify_store(store)
         assert report.ok and report.missing == []
         assert report.incomplete == [other.id.hex()]
