@@ -43,9 +43,11 @@ PHASES = (
     "done",
 )
 RSS_GOAL_MIB = 150.0
-# Issue 13: the downloader's CPU per GiB halved from the ~5.2 CPU-s/GiB measured when it was
-# filed (~2.6 CPU-s per 512 MiB, capped runs).
-DOWNLOADER_CPU_GOAL = 2.6
+# Issue 13: the downloader's CPU per GiB halved. As a ratio to aria2c's in the same run (CPU
+# time per byte moves with the machine's load: both doubled between two runs on a busy
+# machine): the README's run of 2026-12-01, random file, capped, had chunkstore 2.85 and
+# aria2c 0.655 CPU-s per 512 MiB (medians), 4.4x.
+DOWNLOADER_CPU_GOAL = 2.2
 
 
 @dataclass(frozen=True)
@@ -308,17 +310,19 @@ class BenchResult:
                     unit=" MiB",
                 )
             )
+        aria = [m for m in self.measurements if m.tool == ARIA2C and m.capped]
         for content in self.config.contents:
             capped = [m for m in gets if m.capped and m.content == content]
-            if capped:
+            if capped and aria:
+                cs = statistics.median(m.per_gib(m.cpu_s) for m in capped)
+                ar = statistics.median(m.per_gib(m.cpu_s) for m in aria)
                 out.append(
                     Target(
-                        f"CPU-s per GiB of the `chunkstore get` process, capped, {content} file",
-                        statistics.median(m.per_gib(m.cpu_s) for m in capped),
+                        f"downloader CPU per GiB, chunkstore / aria2c, capped, {content} file",
+                        cs / ar,
                         DOWNLOADER_CPU_GOAL,
-                        f"median of {len(capped)} capped gets; at filing ~5.2",
+                        f"{cs:.2f} / {ar:.2f} CPU-s per GiB, medians; random file at filing: 4.4x",
                         at_most=True,
-                        unit=" CPU-s",
                     )
                 )
         return out

@@ -190,11 +190,8 @@ def render_markdown(result: BenchResult) -> str:
     if targets:
         lines += ["", "| target | measured | goal | |", "|---|---:|---:|---|"]
         for t in targets:
-            if t.unit == "x":
-                measured, goal = f"{t.measured:.3f}x", f">= {t.goal:g}x"
-            else:
-                measured = f"{t.measured:.2f}{t.unit}"
-                goal = f"{'<=' if t.at_most else '>='} {t.goal:g}{t.unit}"
+            measured = f"{t.measured:.3f}x" if t.unit == "x" else f"{t.measured:.1f}{t.unit}"
+            goal = f"{'<=' if t.at_most else '>='} {t.goal:g}{t.unit}"
             lines.append(
                 f"| {t.name} ({t.detail}) | {measured} | {goal} | {'met' if t.met else 'missed'} |"
             )
