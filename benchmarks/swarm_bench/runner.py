@@ -487,17 +487,8 @@ def run_bench(config: BenchConfig, progress: Progress = lambda line: None) -> Be
         if lab is not None:
             lab.__enter__()
             progress(f"netns: {len(lab.made)} namespaces up; {lab.describe()}")
-            link = lab.describe()
-        else:
-            link = (
-                f"loopback; chunkstore: `serve --upload-rate {int(config.rate)}` per holder "
-                "(token bucket over all its connections, counting stored bytes); aria2c: "
-                f"nginx `limit_rate {int(config.rate)}` per connection, aria2c -x1 = one "
-                f"connection per mirror; libtorrent: `upload_rate_limit {int(config.rate)}` "
-                "per seeder session on its global peer class, loopback peers filtered into "
-                "it, IP overhead not counted"
-            )
         runner = BenchRunner(config, work, progress, lab)
+        link = lab.describe() if lab is not None else _loopback_caps(config, runner)
         if runner.aria:
             versions["aria2c"] = tool_version(["aria2c", "--version"])
             versions["nginx"] = tool_version(["nginx", "-v"])
@@ -526,6 +517,26 @@ def run_bench(config: BenchConfig, progress: Progress = lambda line: None) -> Be
     )
     result.notes = _notes(result)
     return result
+
+
+def _loopback_caps(config: BenchConfig, runner: BenchRunner) -> str:
+    """How each tool of this run is capped on loopback, in words."""
+    rate = int(config.rate)
+    caps = [
+        f"loopback; chunkstore: `serve --upload-rate {rate}` per holder (token bucket over all "
+        "its connections, counting stored bytes)"
+    ]
+    if runner.aria:
+        caps.append(
+            f"aria2c: nginx `limit_rate {rate}` per connection, aria2c -x1 = one connection "
+            "per mirror"
+        )
+    if runner.libtorrent:
+        caps.append(
+            f"libtorrent: `upload_rate_limit {rate}` per seeder session on its global peer "
+            "class, loopback peers filtered into it, IP overhead not counted"
+        )
+    return "; ".join(caps)
 
 
 def _notes(result: BenchResult) -> list[str]:
