@@ -17,6 +17,8 @@ from benchmarks.swarm_bench.models import (
     LOCAL,
     REFERENCES,
     VIA_BOOTSTRAP,
+    VIA_NODE,
+    BenchConfig,
     BenchResult,
     Point,
     phase_names,
@@ -133,7 +135,8 @@ def _cpu_tables(result: BenchResult) -> list[str]:
         lines.append(
             f"| {tool} | {_content(tool, content)} | {'capped' if capped else 'none'} | "
             f"{len(ps)} | {_median(ps, 'cpu_per_gib'):.2f} | "
-            f"{_median(ps, 'peers_cpu_per_gib'):.2f} | {_median(ps, 'node_cpu_per_gib'):.2f} | "
+            f"{_median(ps, 'peers_cpu_per_gib'):.2f} | "
+            f"{_node(cfg, tool, _median(ps, 'node_cpu_per_gib'))} | "
             f"{_median(ps, 'total_cpu_per_gib'):.2f} |"
         )
     lines += [
@@ -151,9 +154,15 @@ def _cpu_tables(result: BenchResult) -> list[str]:
             f"| {p.tool} | {_content(p.tool, p.content)} | "
             f"{'capped' if p.capped else 'none'} | {p.holders or '–'} | "
             f"{p.wall_s:.2f} | {p.cpu_per_gib:.2f} | {p.peers_cpu_per_gib:.2f} | "
-            f"{p.node_cpu_per_gib:.2f} | {p.total_cpu_per_gib:.2f} | {total_s / p.wall_s:.2f} |"
+            f"{_node(cfg, p.tool, p.node_cpu_per_gib)} | {p.total_cpu_per_gib:.2f} | "
+            f"{total_s / p.wall_s:.2f} |"
         )
     return lines
+
+
+def _node(cfg: BenchConfig, tool: str, cpu: float) -> str:
+    """The fetcher-node column: only network gets through a node have one."""
+    return f"{cpu:.2f}" if tool == CHUNKSTORE and cfg.via == VIA_NODE else "–"
 
 
 def _content(tool: str, content: str) -> str:
