@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Multi-source vs single-source get throughput, against aria2c from nginx mirrors.
+"""Multi-source vs single-source get throughput, against aria2c from nginx mirrors and
+libtorrent from seeders.
 
 Run from the repository root with the project's virtualenv (root installs aria2 and
 nginx-light with apt-get if they are missing; --netns needs root):
@@ -7,10 +8,12 @@ nginx-light with apt-get if they are missing; --netns needs root):
     .venv/bin/pip install -q -e '.[bench]' && .venv/bin/python benchmarks/swarm.py
 
 Starts H holder nodes on 127.0.0.1 (each capped at --rate), fetches one generated file on a
-fresh node with 1, 2, 4 and 8 holders, and does the same with aria2c from H nginx mirrors
-capped at the same rate; then uncapped, and the local `get` as the ceiling. Prints the tables
-(throughput, time to first byte, the phases of each get) and writes swarm.json, swarm.md and
-swarm.png (swarm-netns.* with --netns) to --out.
+fresh node with 1, 2, 4 and 8 holders, and does the same with aria2c from H nginx mirrors and
+with a libtorrent leecher from H libtorrent seeders, capped at the same rate; then uncapped,
+and the local `get` as the ceiling. Prints the tables (throughput, time to first byte, CPU
+seconds per GiB on each side, the phases of each get) and writes swarm.json, swarm.md and
+swarm.png (swarm-netns.* with --netns) to --out. libtorrent comes with the `bench` extra
+(PyPI `libtorrent`); if it cannot be imported its rows are skipped and the run says so.
 
 `--first-byte` is the short check of a get's fixed cost (about a minute): a 64 MiB file
 from 1 and 4 holders capped at 8 MB/s each, target 4 holders >= 3.5x one, with the phases;
@@ -95,7 +98,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--first-byte",
         action="store_true",
         help="the fixed-cost check: 64MiB, holders 1,4 at 8MB, no uncapped runs, no aria2c, "
-        "no local get; target 4 holders >= 3.5x one, with the phases of each get "
+        "no libtorrent, no local get; target 4 holders >= 3.5x one, with the phases of each get "
         "(options given explicitly still apply); writes swarm-first-byte.*",
     )
     p.add_argument("--size", type=size, help="file size (512MiB)")
@@ -130,6 +133,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "getters that came and went leave behind",
     )
     p.add_argument("--no-aria2c", action="store_true", help="skip the aria2c comparison")
+    p.add_argument("--no-libtorrent", action="store_true", help="skip the libtorrent comparison")
     p.add_argument("--no-local", action="store_true", help="skip the local-get ceiling")
     p.add_argument(
         "--netns",
@@ -157,7 +161,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, parse[key](text))
     if args.first_byte:
-        args.no_aria2c = args.no_local = True
+        args.no_aria2c = args.no_libtorrent = args.no_local = True
     if args.repeat < 1:
         p.error("--repeat must be at least 1")
     if not args.holders:
@@ -187,6 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             contents=contents,
             uncapped_holders=args.uncapped_holders,
             aria2c=not args.no_aria2c,
+            libtorrent=not args.no_libtorrent,
             local_get=not args.no_local,
             netns=args.netns,
             workdir=args.workdir,

@@ -1,8 +1,9 @@
 """Smoke tests of the swarm benchmark (benchmarks/swarm_bench): a tiny run completes, every
 download is byte-identical, and nothing it started is left behind. Never a timing.
 
-The aria2c rows run only where aria2c and nginx are installed (Debian: aria2, nginx-light);
-the netns run only as root with `ip` and `tc` (iproute2), else it is skipped.
+The aria2c rows run only where aria2c and nginx are installed (Debian: aria2, nginx-light),
+the libtorrent rows where `import libtorrent` works (the test extra installs it); the netns
+run only as root with `ip` and `tc` (iproute2), else it is skipped.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from benchmarks.swarm_bench.models import (
     CHUNKSTORE,
     FIRST_BYTE,
     FIRST_BYTE_GOAL,
+    LIBTORRENT,
     LOCAL,
     MIXED,
     RANDOM,
@@ -33,6 +35,7 @@ from benchmarks.swarm_bench.models import (
 from benchmarks.swarm_bench.report import render_markdown, write_outputs
 from benchmarks.swarm_bench.runner import run_bench
 from benchmarks.swarm_bench.tools import have_aria2c
+from benchmarks.swarm_bench.torrent import libtorrent_version
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -45,6 +48,7 @@ def children() -> set[int]:
 
 def test_tiny_loopback_run_is_complete_and_byte_identical(tmp_path: Path) -> None:
     aria = have_aria2c()
+    torrent = libtorrent_version() is not None
     before = children()
     config = BenchConfig(
         size=8 * MIB,
@@ -54,6 +58,7 @@ def test_tiny_loopback_run_is_complete_and_byte_identical(tmp_path: Path) -> Non
         contents=(MIXED,),
         uncapped_holders=(1,),
         aria2c=aria,
+        libtorrent=torrent,
         workdir=tmp_path,
     )
     lines: list[str] = []
@@ -66,12 +71,18 @@ def test_tiny_loopback_run_is_complete_and_byte_identical(tmp_path: Path) -> Non
         (CHUNKSTORE, False, 1),
         (LOCAL, False, 0),
     }
-    if aria:
-        expected |= {(ARIA2C, True, 1), (ARIA2C, True, 2), (ARIA2C, False, 1)}
+    for tool, present in ((ARIA2C, aria), (LIBTORRENT, torrent)):
+        if present:
+            expected |= {(tool, True, 1), (tool, True, 2), (tool, False, 1)}
     assert measured == expected, lines
     assert all(m.identical for m in result.measurements)
     two = next(m for m in result.measurements if m.tool == CHUNKSTORE and m.holders == 2)
     assert len(two.sources) == 2 and sum(two.sources.values()) == config.size
+    for m in result.measurements:
+        if m.tool == LIBTORRENT:  # the seeders sent at least the whole file between them
+            assert len(m.sources) == m.holders and m.wire_bytes >= config.size, m.sources
+            assert m.first_byte_s is not None
+            assert m.peers_cpu_s > 0
     assert list(tmp_path.iterdir()) == []  # the run's temporary directory is gone
     assert children() <= before  # every node, nginx and aria2c it started has exited
 
@@ -85,6 +96,9 @@ def test_tiny_loopback_run_is_complete_and_byte_identical(tmp_path: Path) -> Non
     assert "| 2 | 40 |" in markdown
     assert "first byte s (mixed)" in markdown  # a column of the capped and uncapped tables
     assert "**Phases of `chunkstore get`**" in markdown
+    assert "**CPU seconds per GiB of file**" in markdown
+    if torrent:
+        assert "chunkstore/libtorrent (mixed)" in markdown
     plot = importlib.util.find_spec("matplotlib") is not None
     paths = write_outputs(result, tmp_path / "out", plot=plot)
     data = json.loads(paths["json"].read_text())
@@ -94,6 +108,9 @@ def test_tiny_loopback_run_is_complete_and_byte_identical(tmp_path: Path) -> Non
         if m["tool"] == CHUNKSTORE:
             assert m["first_byte_s"] is not None
     assert all("first_byte_s" in p for p in data["points"])
+    for p in data["points"]:  # CPU per GiB of file on each side
+        assert p["cpu_per_gib"] > 0
+        assert p["node_cpu_per_gib"] >= 0 and p["peers_cpu_per_gib"] >= 0
     if plot:
         assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -123,8 +140,10 @@ def test_tiny_netns_run_cleans_up_its_namespaces(tmp_path: Path) -> None:
         assert f"csb{os.getpid()}-" not in names
     assert {m.holders for m in result.measurements if m.tool == CHUNKSTORE} == {1, 2}
     assert all(m.identical for m in result.measurements)
+    if libtorrent_version() is not None:  # seeders in the holders' namespaces too
+        assert {m.holders for m in result.measurements if m.tool == LIBTORRENT} == {1, 2}
     for m in result.measurements:
-        if m.tool == CHUNKSTORE:
+        if m.tool in (CHUNKSTORE, LIBTORRENT):
             assert all(a.startswith("10.213.0.") for a in m.sources), m.sources
     assert list(tmp_path.iterdir()) == []
     assert children() <= before
@@ -138,12 +157,13 @@ def test_first_byte_preset_via_bootstrap_with_departed_nodes(tmp_path: Path) -> 
         ["--first-byte", "--size", "2MiB", "--holders", "1,4", "--repeat", "1"]
         + ["--content", "random", "--via", "bootstrap", "--departed", "1"]
     )
-    assert (args.rate, args.uncapped_holders, args.no_aria2c, args.no_local) == (
-        8e6,
-        (),
-        True,
-        True,
-    )
+    assert (
+        args.rate,
+        args.uncapped_holders,
+        args.no_aria2c,
+        args.no_libtorrent,
+        args.no_local,
+    ) == (8e6, (), True, True, True)
     config = BenchConfig(
         size=args.size,
         holders=args.holders,
@@ -152,6 +172,7 @@ def test_first_byte_preset_via_bootstrap_with_departed_nodes(tmp_path: Path) -> 
         contents=(RANDOM,),
         uncapped_holders=args.uncapped_holders,
         aria2c=False,
+        libtorrent=False,
         local_get=False,
         workdir=tmp_path,
         via=VIA_BOOTSTRAP,

@@ -123,7 +123,7 @@ class NetnsLab:
 
     def describe(self) -> str:
         return (
-            f"tc tbf rate {int(self.rate * 8)}bit on each holder's / mirror's veth "
+            f"tc tbf rate {int(self.rate * 8)}bit on each holder's / mirror's / seeder's veth "
             f"(egress), {len(self.holders)} holder namespaces + 1 fetcher namespace on a "
             "bridge in a hub namespace; no in-process cap; rate only (netem delay is not "
             "in this kernel)"

@@ -1,5 +1,6 @@
 """The run: prepares each sample file (added once, copied into every holder's home), then
-measures chunkstore, aria2c and the local get point by point; `run_bench` is the entry."""
+measures chunkstore, aria2c, libtorrent and the local get point by point; `run_bench` is the
+entry."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from benchmarks.swarm_bench.mirrors import NginxMirrors
 from benchmarks.swarm_bench.models import (
     ARIA2C,
     CHUNKSTORE,
+    LIBTORRENT,
     LOCAL,
     VIA_NODE,
     BenchConfig,
@@ -30,6 +32,12 @@ from benchmarks.swarm_bench.models import (
 )
 from benchmarks.swarm_bench.netns import NetnsLab, netns_prefix
 from benchmarks.swarm_bench.tools import chunkstore_command, have_aria2c
+from benchmarks.swarm_bench.torrent import (
+    TorrentSeeders,
+    libtorrent_version,
+    make_torrent,
+    peer_command,
+)
 from chunkstore import __version__
 from chunkstore.demo.local_swarm import ServeProcess
 
@@ -66,6 +74,8 @@ class BenchRunner:
         self.logs = work / "logs"
         self.logs.mkdir()
         self.aria = config.aria2c and have_aria2c()
+        self.libtorrent = libtorrent_version() if config.libtorrent else None
+        self.torrents: dict[str, Path] = {}  # content -> its .torrent
         self.stored_bytes: dict[str, int] = {}
         self.failures: list[str] = []
 
@@ -120,10 +130,10 @@ class BenchRunner:
         where = f"{m.holders} holder(s)" if m.tool != LOCAL else "local store"
         cap = "capped" if m.capped else "uncapped"
         extra = ""
-        if m.tool == CHUNKSTORE:
+        if m.tool in (CHUNKSTORE, LIBTORRENT):
             extra = f", in-process {m.inner_mbps:.1f} MB/s"
-            if m.first_byte_s is not None:
-                extra += f", first byte {m.first_byte_s:.2f} s"
+        if m.first_byte_s is not None:
+            extra += f", first byte {m.first_byte_s:.2f} s"
         self.progress(
             f"[{self.count}/{self.total}] {m.tool:<10} {m.content:<6} {cap:<8} "
             f"{where:<12} rep {m.rep + 1}: {m.mbps:7.1f} MB/s (wall {m.wall_s:.2f} s"
@@ -293,6 +303,74 @@ class BenchRunner:
             )
         )
 
+    def torrent(self, prepared: PreparedFile) -> Path:
+        """The .torrent of this file, made the first time it is asked for."""
+        if prepared.kind not in self.torrents:
+            path = self.work / f"{prepared.kind}.torrent"
+            make_torrent(prepared.source, path, self.logs / f"torrent-{prepared.kind}.log")
+            self.torrents[prepared.kind] = path
+        return self.torrents[prepared.kind]
+
+    def libtorrent_get(self, prepared: PreparedFile, holders: int, capped: bool, rep: int) -> None:
+        lab = self.lab
+        tag = f"lt-{prepared.kind}-{'c' if capped else 'u'}{holders}-r{rep}"
+        work = self.work / tag
+        shutil.rmtree(work, ignore_errors=True)  # a failed attempt's leftovers
+        work.mkdir()
+        torrent = self.torrent(prepared)
+        places = [
+            (lab.holders[i], lab.address(lab.holders[i])) if lab else (None, "127.0.0.1")
+            for i in range(holders)
+        ]
+        rate = self.config.rate if capped and lab is None else None
+        client_ns = lab.fetcher if lab else None
+        timeout = self._timeout(holders, capped)
+        with TorrentSeeders(
+            torrent, prepared.source.parent, places, rate, self.logs / f"{tag}-seeders.log"
+        ) as seeders:
+            before = cpu_seconds([p.pid for p in seeders.procs])
+            run = run_measured(
+                [
+                    *netns_prefix(client_ns),
+                    *peer_command(),
+                    "leech",
+                    str(torrent),
+                    str(work),
+                    "--host",
+                    lab.address(client_ns) if lab else "127.0.0.1",
+                    "--timeout",
+                    str(timeout - 5),
+                    *[f"--peer={a}" for a in seeders.addresses],
+                ],
+                self.logs / f"{tag}.log",
+                timeout=timeout,
+            )
+            seeders_cpu = cpu_seconds([p.pid for p in seeders.procs]) - before
+            sources = dict(zip(seeders.addresses, seeders.uploaded(), strict=True))
+        result = json.loads(run.stdout)
+        identical = self._verify(work / FILE_NAME, prepared)
+        shutil.rmtree(work, ignore_errors=True)
+        self._record(
+            Measurement(
+                LIBTORRENT,
+                prepared.kind,
+                capped,
+                holders,
+                rep,
+                self.config.size,
+                run.wall_s,
+                result["seconds"],
+                run.maxrss_kib,
+                run.maxrss_exact,
+                sum(sources.values()),
+                sources,
+                identical,
+                run.cpu_s,
+                seeders_cpu,
+                first_byte_s=result.get("first_piece"),
+            )
+        )
+
     def local_get(self, prepared: PreparedFile, rep: int) -> None:
         out = self.work / f"local-{prepared.kind}-r{rep}.bin"
         run = run_measured(
@@ -354,12 +432,21 @@ class BenchRunner:
         uncapped = self.uncapped_holders()
         local = cfg.local_get and self.lab is None
         per_content = (len(cfg.holders) + len(uncapped)) * cfg.repeat + (cfg.repeat if local else 0)
-        aria_runs = (len(cfg.holders) + len(uncapped)) * cfg.repeat if self.aria else 0
-        self.total = per_content * len(cfg.contents) + aria_runs
+        references = [
+            (name, measure)
+            for name, measure, wanted in (
+                (ARIA2C, self.aria2c, self.aria),
+                (LIBTORRENT, self.libtorrent_get, self.libtorrent),
+            )
+            if wanted
+        ]
+        reference_runs = (len(cfg.holders) + len(uncapped)) * cfg.repeat * len(references)
+        self.total = per_content * len(cfg.contents) + reference_runs
         for i, kind in enumerate(cfg.contents):
             prepared = self.prepare(kind)
-            # aria2c and nginx never look inside the bytes: measured once, on the first file.
-            aria = self.aria and i == 0
+            # aria2c, nginx and libtorrent never look inside the bytes: measured once, on the
+            # first file.
+            others = references if i == 0 else []
             try:
                 for capped, counts in ((True, cfg.holders), (False, uncapped)):
                     for rep in range(cfg.repeat):
@@ -371,10 +458,8 @@ class BenchRunner:
                             self.attempt(
                                 f"chunkstore {what}", self.chunkstore, prepared, h, capped, rep
                             )
-                            if aria:
-                                self.attempt(
-                                    f"aria2c {what}", self.aria2c, prepared, h, capped, rep
-                                )
+                            for name, measure in others:
+                                self.attempt(f"{name} {what}", measure, prepared, h, capped, rep)
                 if local:
                     for rep in range(cfg.repeat):
                         self.attempt(f"local get {kind}", self.local_get, prepared, rep)
@@ -402,18 +487,18 @@ def run_bench(config: BenchConfig, progress: Progress = lambda line: None) -> Be
         if lab is not None:
             lab.__enter__()
             progress(f"netns: {len(lab.made)} namespaces up; {lab.describe()}")
-            link = lab.describe()
-        else:
-            link = (
-                f"loopback; chunkstore: `serve --upload-rate {int(config.rate)}` per holder "
-                "(token bucket over all its connections, counting stored bytes); aria2c: "
-                f"nginx `limit_rate {int(config.rate)}` per connection, aria2c -x1 = one "
-                "connection per mirror"
-            )
         runner = BenchRunner(config, work, progress, lab)
+        link = lab.describe() if lab is not None else _loopback_caps(config, runner)
         if runner.aria:
             versions["aria2c"] = tool_version(["aria2c", "--version"])
             versions["nginx"] = tool_version(["nginx", "-v"])
+        if runner.libtorrent:
+            versions["libtorrent"] = runner.libtorrent
+        elif config.libtorrent:
+            progress(
+                "libtorrent cannot be imported: the libtorrent rows are skipped "
+                "(pip install libtorrent, or the project's `bench` extra)"
+            )
         runner.run()
     finally:
         if lab is not None:
@@ -432,6 +517,26 @@ def run_bench(config: BenchConfig, progress: Progress = lambda line: None) -> Be
     )
     result.notes = _notes(result)
     return result
+
+
+def _loopback_caps(config: BenchConfig, runner: BenchRunner) -> str:
+    """How each tool of this run is capped on loopback, in words."""
+    rate = int(config.rate)
+    caps = [
+        f"loopback; chunkstore: `serve --upload-rate {rate}` per holder (token bucket over all "
+        "its connections, counting stored bytes)"
+    ]
+    if runner.aria:
+        caps.append(
+            f"aria2c: nginx `limit_rate {rate}` per connection, aria2c -x1 = one connection "
+            "per mirror"
+        )
+    if runner.libtorrent:
+        caps.append(
+            f"libtorrent: `upload_rate_limit {rate}` per seeder session on its global peer "
+            "class, loopback peers filtered into it, IP overhead not counted"
+        )
+    return "; ".join(caps)
 
 
 def _notes(result: BenchResult) -> list[str]:
@@ -454,6 +559,18 @@ def _notes(result: BenchResult) -> list[str]:
             f"aria2c and nginx never look inside the bytes: measured once, on the "
             f"{cfg.contents[0]} file, and compared with both."
         )
+    if any(m.tool == LIBTORRENT for m in result.measurements):
+        notes.append(
+            f"libtorrent {result.versions.get('libtorrent', '')}: a v1 torrent of the "
+            f"{cfg.contents[0]} file with 1 MiB pieces (chunkstore's average chunk), "
+            "compared with chunkstore on each file; one seeder process per holder, each "
+            "with every piece marked present (no hashing while serving), a fresh leecher "
+            "process given the "
+            "seeders' addresses (no tracker, DHT or discovery), TCP only, timed from adding "
+            "the torrent to complete; its first byte is its first verified piece."
+        )
+    elif cfg.libtorrent:
+        notes.append("libtorrent could not be imported: its rows are skipped.")
     if result.failures:
         notes.append(
             f"{len(result.failures)} attempt(s) failed and were run again "
