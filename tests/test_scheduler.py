@@ -680,3 +680,21 @@ def test_a_peer_lacking_a_chunk_is_not_asked_again_for_it_and_keeps_serving_the_
     assert s.unfetchable() == [1, 3] and s.remaining == 2
     assert s.peer_stats()[A].state is PeerState.OK  # no strike: it served the other four
     assert s.next_wakeup() is None
+
+
+def test_busy_with_retry_after_waits_as_told() -> None:
+    # A busy server's Retry-After is honoured as given, not doubled on every refusal (a
+    # doubling back-off left the unluckiest of a crowd waiting longest), and floored so
+    # that "Retry-After: 0" for ever cannot make the downloader spin.
+    s = DownloadScheduler([100] * 4, window_min=1, window_max=1, busy_backoff=1.0)
+    s.add_peer_for_all(A)
+    [req] = s.next_requests(0.0)
+    s.on_failure(req, 0.0, FailureKind.BUSY, retry_after=3.0)
+    assert s.next_requests(2.9) == []
+    assert s.next_wakeup() == pytest.approx(3.0)
+    [again] = s.next_requests(3.0)
+    s.on_failure(again, 3.0, FailureKind.BUSY, retry_after=3.0)
+    assert s.next_wakeup() == pytest.approx(6.0)  # not 9.0: as told, no doubling
+    [third] = s.next_requests(6.0)
+    s.on_failure(third, 6.0, FailureKind.BUSY, retry_after=0.0)
+    assert s.next_wakeup() == pytest.approx(6.25)  # a quarter of busy_backoff at least

@@ -239,7 +239,8 @@ def test_excess_requests_get_503_at_once_and_slots_are_freed(stocked):
 
     async def main() -> None:
         # 64 KiB chunks at 128 KiB/s shared: two in flight keep the server busy for ~1 s.
-        server = await serve(store, upload_rate=128 * 1024, max_concurrent=2)
+        # No queue: every request beyond the slots is refused at once.
+        server = await serve(store, upload_rate=128 * 1024, max_concurrent=2, queue_limit=0)
         try:
             async with TransferClient(connections_per_peer=8) as client:
                 slow = [
@@ -266,6 +267,42 @@ def test_excess_requests_get_503_at_once_and_slots_are_freed(stocked):
         finally:
             await server.stop()
         assert server.requests_refused == 4
+
+    run(main)
+
+
+def test_requests_beyond_the_slots_wait_in_a_bounded_queue(stocked):
+    store, manifest = stocked
+    refs = manifest.chunks[:6]
+
+    async def main() -> None:
+        # Two slots busy for ~1 s, a queue of two: the next two requests wait and are served
+        # (no 503 for them), the two after are refused with a Retry-After grown by the queue.
+        server = await serve(
+            store, upload_rate=128 * 1024, max_concurrent=2, queue_limit=2, queue_wait=30.0
+        )
+        try:
+            async with TransferClient(connections_per_peer=8) as client:
+
+                def fetch(ref):
+                    return asyncio.create_task(client.fetch_chunk(HOST, server.port, ref.chunk_id))
+
+                first = [fetch(r) for r in refs[:2]]
+                await wait_until_async(lambda: server.active == 2, "both slots taken")
+                queued = [fetch(r) for r in refs[2:4]]
+                await wait_until_async(lambda: server.waiting == 2, "two requests queued")
+                refused = await asyncio.gather(
+                    *(client.fetch_chunk(HOST, server.port, r.chunk_id) for r in refs[4:]),
+                    return_exceptions=True,
+                )
+                assert all(isinstance(e, PeerBusy) for e in refused), refused
+                assert [e.retry_after for e in refused] == [2.0, 2.0]  # 1 + 2 queued // 2
+                got = await asyncio.gather(*first, *queued)
+                assert got == [store.get_stored(r.chunk_id) for r in refs[:4]]
+                assert server.active == 0 and server.waiting == 0
+        finally:
+            await server.stop()
+        assert server.requests_served == 4 and server.requests_refused == 2
 
     run(main)
 

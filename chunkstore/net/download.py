@@ -355,16 +355,17 @@ class _ChunkFetch:
 
     async def fetch_one(
         self, req: Request
-    ) -> tuple[Request, FailureKind | None, tuple[bytes, bytes | memoryview] | None]:
-        """Fetch and verify one chunk; returns the failure, or (stored, raw) bytes."""
+    ) -> tuple[Request, FailureKind | None, tuple[bytes, bytes | memoryview] | float | None]:
+        """Fetch and verify one chunk; returns the failure (with BUSY, the peer's Retry-After
+        in seconds), or (stored, raw) bytes."""
         cid = self.units[req.index]
         holder: Holder = req.peer
         try:
             stored = await self.client.fetch_chunk(
                 holder.host, holder.port, cid, max_size=self.sizes[req.index] + 1
             )
-        except PeerBusy:
-            return req, FailureKind.BUSY, None
+        except PeerBusy as e:
+            return req, FailureKind.BUSY, e.retry_after
         except PeerMissing:  # it holds other chunks, maybe: only this one is not asked again
             return req, FailureKind.MISSING, None
         except NetworkError:  # refused, reset, timed out, a bad answer
@@ -458,7 +459,8 @@ class _ChunkFetch:
                                 dup_task.cancel()
                                 tasks.pop(dup_task, None)
                     else:
-                        sched.on_failure(req, now, failure)
+                        retry_after = payload if failure is FailureKind.BUSY else None
+                        sched.on_failure(req, now, failure, retry_after)
             if sched.done and self.units:
                 self.clock.mark("last_chunk")
         finally:

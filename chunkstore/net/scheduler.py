@@ -199,7 +199,9 @@ class DownloadScheduler:
         - endgame_copies: most requests in flight for one chunk; 1 turns endgame off.
         - request_timeout: deadline of a request to a peer with no delivery yet, and the longest
           deadline ever; min_timeout: the shortest deadline however fast the peer.
-        - busy_backoff: first back-off after BUSY, doubling while the peer keeps saying it.
+        - busy_backoff: first back-off after BUSY, doubling while the peer keeps saying it;
+          a BUSY reported with the peer's Retry-After waits that long instead (at least a
+          quarter of busy_backoff).
         - down_backoff: first back-off of a DOWN peer, doubling each time it fails its probe;
           after `down_retries` failed probes it is not tried again. max_backoff caps both.
         - max_in_flight: most requests in flight over all peers (None: no cap beyond the
@@ -437,9 +439,14 @@ class DownloadScheduler:
                 self._learn_delivery(peer, size, now - flight.start)
         return self._complete(index, now)
 
-    def on_failure(self, req: Request, now: float, kind: FailureKind) -> None:
+    def on_failure(
+        self, req: Request, now: float, kind: FailureKind, retry_after: float | None = None
+    ) -> None:
         """`req` failed (see FailureKind); the chunk goes back to be fetched, elsewhere if it
-        can. Ignored if `req` is not in flight (already reported, cancelled or unknown)."""
+        can. Ignored if `req` is not in flight (already reported, cancelled or unknown).
+        `retry_after`: with BUSY, the seconds the peer asked us to wait (its Retry-After):
+        the back-off is then that (within [busy_backoff / 4, max_backoff]), not the doubling
+        one."""
         self._check_request(req)
         if not isinstance(kind, FailureKind):
             raise ValueError(f"unknown failure kind {kind!r}")
@@ -459,7 +466,13 @@ class DownloadScheduler:
         elif kind is FailureKind.BUSY:
             # Not the peer's fault: back off and ask less of it, but no strike.
             peer.busy_streak += 1
-            backoff = min(self._max_backoff, self._busy_backoff * 2 ** (peer.busy_streak - 1))
+            if retry_after is not None:
+                # The peer knows its queue: a crowd that waits as told gets its turn, where
+                # a doubling back-off left the unluckiest waiting longest (starving them).
+                # Floored: a peer saying "Retry-After: 0" for ever must not make us spin.
+                backoff = min(self._max_backoff, max(self._busy_backoff / 4, retry_after))
+            else:
+                backoff = min(self._max_backoff, self._busy_backoff * 2 ** (peer.busy_streak - 1))
             peer.busy_until = max(peer.busy_until, now + backoff)
             self._shrink(peer)
             self._schedule_wakeup(peer)

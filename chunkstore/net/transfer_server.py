@@ -6,9 +6,11 @@ Routes (GET, and HEAD for the same headers without a body):
   /health              a small JSON document about the node
 Objects are immutable, so their responses carry `Cache-Control: immutable` and an ETag of the
 id. Unknown id -> 404, malformed id -> 400, a request with a body -> 413, more than
-`max_concurrent` requests at once (or more than one address's share) -> 503 with
-`Retry-After: 1`, answered at once. A HEAD or a matching If-None-Match on a chunk is answered
-from the store's length index: the chunk itself is not read.
+`max_concurrent` requests at once (or more than one address's share): the request waits up to
+`queue_wait` s in a short queue whose freed slots go to the waiting addresses in turn
+(net/upload_slots.py), else 503 with a `Retry-After` that grows with the queue. A HEAD or a
+matching If-None-Match on a chunk is answered from the store's length index: the chunk itself
+is not read.
 A plain `curl http://host:port/chunks/<id>` fetches a chunk.
 
 Strangers may connect, so the server accepts connections itself (aiohttp only parses and
@@ -36,6 +38,7 @@ from chunkstore.errors import InputError, NetworkError
 from chunkstore.local.store import Store
 from chunkstore.net.address_scope import Scope, scope_of
 from chunkstore.net.ratelimit import TokenBucket, acquire
+from chunkstore.net.upload_slots import UploadSlots, Verdict
 from chunkstore.objects.ids import parse_id
 from chunkstore.version import __version__
 
@@ -94,6 +97,10 @@ SEND_WINDOW = 3.0
 # Deadlines and progress are checked by one timer this often (one pass over the connections
 # whose deadline passed and over the at most `max_concurrent` responses being sent).
 SWEEP_INTERVAL = 0.25
+# How long a request may wait for an upload slot before its 503. Short: our client's deadline
+# for a chunk from a peer that has delivered is a few seconds (at least 2), and a wait counts
+# against it; 1 s lets a slot's worth of 1 MiB chunks finish at 32 slots x 1 MiB/s each.
+QUEUE_WAIT = 1.0
 # Connections accepted per readiness event before yielding to the loop (asyncio uses 100).
 ACCEPT_BATCH = 64
 # After EMFILE/ENFILE with nothing idle to close, accepting pauses this long (asyncio: 1 s,
@@ -380,7 +387,10 @@ class TransferServer:
 
     Callers may rely on:
     - at most `max_concurrent` requests are handled at once, at most `max_concurrent_per_ip`
-      from one address (IPv4 address or IPv6 /64); others get 503 at once;
+      from one address (IPv4 address or IPv6 /64); others wait up to `queue_wait` s in a
+      queue of at most `queue_limit` (default: twice the slots; an address at most its
+      share), slots freed going to the waiting addresses in turn; the rest get 503 with a
+      Retry-After of 1 s plus 1 s per round of slots queued (at most 10);
     - at most `max_connections` connections (fewer if file descriptors are short: see
       FD_RESERVE) and `max_connections_per_ip` per address; a newcomer beyond either
       displaces the longest-idle connection, or is reset when every one has a request running;
@@ -407,6 +417,8 @@ class TransferServer:
         send_timeout: float = SEND_WINDOW,
         min_send_rate: float = MIN_SEND_RATE,
         relax_loopback: bool = True,
+        queue_limit: int | None = None,
+        queue_wait: float = QUEUE_WAIT,
     ) -> None:
         if upload_rate is not None and not upload_rate > 0:
             raise ValueError(f"upload_rate must be positive or None, not {upload_rate}")
@@ -433,8 +445,11 @@ class TransferServer:
         self.bytes_served = 0
         self.requests_served = 0
         self.requests_refused = 0
-        self._active = 0
-        self._active_by_key: dict[str, int] = {}
+        self.queue_wait = queue_wait
+        self._slots = UploadSlots(
+            max_concurrent, 2 * max_concurrent if queue_limit is None else queue_limit
+        )
+        self._slot_waiters: dict[int, asyncio.Future[None]] = {}
         self._piece = piece_size(upload_rate) if upload_rate else 0
         # One bucket for the whole server: the cap is the node's total, not per connection.
         self._bucket = TokenBucket(upload_rate, self._piece) if upload_rate else None
@@ -455,7 +470,12 @@ class TransferServer:
     @property
     def active(self) -> int:
         """Requests being handled right now."""
-        return self._active
+        return self._slots.active
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a slot right now."""
+        return self._slots.waiting
 
     @property
     def connections(self) -> int:
@@ -646,24 +666,44 @@ class TransferServer:
             resp = web.Response(status=413, text="requests carry no body\n")
             resp.force_close()
             return resp
-        held = self._active_by_key.get(key, 0)
         share = self.max_concurrent_per_ip
         if self.relax_loopback and scope_of(key) is Scope.LOOPBACK:
-            share = self.max_concurrent
-        if self._active >= self.max_concurrent or held >= share:
+            share = self.max_concurrent + self._slots.queue_limit  # no share: every slot, queue
+        admission = self._slots.admit(key, share)
+        if admission.verdict is Verdict.QUEUED:
+            granted = await self._wait_for_slot(key, admission.ticket)
+        else:
+            granted = admission.verdict is Verdict.GRANTED
+        if not granted:
             self.requests_refused += 1
-            return web.Response(status=503, headers={"Retry-After": "1"}, text="busy\n")
-        self._active += 1
-        self._active_by_key[key] = held + 1
+            retry = str(self._slots.retry_after())
+            return web.Response(status=503, headers={"Retry-After": retry}, text="busy\n")
         try:
             return await handler(request)
         finally:
-            self._active -= 1
-            left = self._active_by_key[key] - 1
-            if left:
-                self._active_by_key[key] = left
-            else:
-                del self._active_by_key[key]
+            self._release_slot(key)
+
+    async def _wait_for_slot(self, key: str, ticket: int) -> bool:
+        """Wait for `ticket` to be granted a slot, at most `queue_wait` s: True if it was (the
+        request then holds the slot)."""
+        granted = asyncio.get_running_loop().create_future()
+        self._slot_waiters[ticket] = granted
+        try:
+            await asyncio.wait({granted}, timeout=self.queue_wait)
+        except asyncio.CancelledError:  # the peer went away: give back what it was given
+            if not self._slots.withdraw(key, ticket):
+                self._release_slot(key)
+            raise
+        finally:
+            self._slot_waiters.pop(ticket, None)
+        # Granted in the same moment the wait ended: the slot is the request's.
+        return not self._slots.withdraw(key, ticket)
+
+    def _release_slot(self, key: str) -> None:
+        for ticket in self._slots.release(key):
+            waiter = self._slot_waiters.get(ticket)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
     async def _get_chunk(self, request: web.Request) -> web.StreamResponse:
         oid = _parse_oid(request)
@@ -684,7 +724,8 @@ class TransferServer:
         body = {
             "service": "chunkstore",
             "version": __version__,
-            "active": self._active,
+            "active": self._slots.active,
+            "waiting": self._slots.waiting,
             "max_concurrent": self.max_concurrent,
             "connections": self._table.total,
             "max_connections": self._table.max_total,
