@@ -143,3 +143,20 @@ def name_records_seen(api_url: str, name: str) -> dict[str, str]:
         record = NameRecord.decode(bytes.fromhex(item))
         found[record.publisher_text] = record.manifest_id.hex() if record.manifest_id else ""
     return found
+
+
+def reset_peak_rss() -> None:
+    """Start this process's peak RSS (VmHWM) over from its current RSS (Linux 4.0+), so a
+    test measures its own peak, not one an earlier test in the same pytest process reached.
+    (ru_maxrss cannot be reset, and a child even inherits it from its parent across exec.)"""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS since it started or since `reset_peak_rss`, in MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from chunkstore.net.transfer_client import TransferClient
 from chunkstore.net.transfer_server import TransferServer
 from chunkstore.objects.ids import object_id
 from chunkstore.objects.manifest import FORMAT_VERSION, MAGIC, Manifest
+from tests.helpers import peak_rss_mib
 
 MIB = 1 << 20
 
@@ -58,10 +58,6 @@ def build_hostile_store(home: Path, chunks: int) -> None:
     ids = [ref.chunk_id for ref in manifest.chunks]
     store._transact(lambda txn: [txn.put(cid, b"\x00lies", db=store._chunks) for cid in ids])
     store.close()
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 async def main(work: Path) -> dict:

@@ -5,7 +5,6 @@ the error a caller handles (CorruptChunk, CorruptManifest), and memory stays sma
 from __future__ import annotations
 
 import json
-import resource
 import struct
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from chunkstore.objects.manifest import (
     ChunkRef,
     Manifest,
 )
-from tests.helpers import write_file
+from tests.helpers import peak_rss_mib, reset_peak_rss, write_file
 
 MiB = 1 << 20
 BLOCK = 128 * 1024
@@ -57,13 +56,10 @@ def bomb_without_size(blocks: int) -> bytes:
     return ZSTD_PREFIX + header + body
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def test_a_frame_declaring_64_gib_is_refused_without_allocating():
     stored = bomb_declaring(64 << 30)
     assert len(stored) == 18
+    reset_peak_rss()
     before = peak_rss_mib()
     with pytest.raises(CorruptChunk):
         ChunkCodec().decode_verified(b"\x00" * 32, stored, MiB)
@@ -75,6 +71,7 @@ def test_a_frame_declaring_64_gib_is_refused_without_allocating():
 def test_a_frame_without_a_size_is_cut_at_the_expected_size():
     stored = bomb_without_size(8192)  # 1 GiB when expanded, 32 KB stored
     assert len(stored) < 40_000
+    reset_peak_rss()
     before = peak_rss_mib()
     with pytest.raises(CorruptChunk):
         ChunkCodec().decode_verified(b"\x00" * 32, stored, MiB)
@@ -102,6 +99,7 @@ def test_manifests_that_declare_too_much_are_refused_before_their_chunks_are_rea
 
 def test_a_100k_chunk_manifest_decodes_in_little_memory():
     data = hostile_manifest(100_000 * MiB, 100_000, MiB)
+    reset_peak_rss()
     before = peak_rss_mib()
     manifest = Manifest.from_bytes(data)
     assert len(manifest.chunks) == 100_000 and manifest.size == 100_000 * MiB
