@@ -41,12 +41,15 @@ SENDS_IN_FLIGHT = 16
 @dataclass
 class SweepReport:
     """What one sweep did: the keys at least one remote node accepted, lookups made, nodes
-    asked (get_providers sent), add_providers requests sent."""
+    asked (get_providers sent), add_providers requests sent, those never answered (after a
+    second try) and those refused as busy."""
 
     accepted: set[bytes] = field(default_factory=set)
     lookups: int = 0
     asked: int = 0
     batches: int = 0
+    unanswered: int = 0
+    busy: int = 0
 
 
 class _Sweep:
@@ -191,26 +194,37 @@ def _answer_reader(sweep: _Sweep, answered: list[bytes]) -> Callable[[Node, Any]
 async def _send(
     sweep: _Sweep, by_node: dict[bytes, list[bytes]], transfer_port: int, report: SweepReport
 ) -> None:
-    """add_providers to every chosen node, MAX_KEYS_PER_ADD keys per request; a refused
-    token is retried once with the fresh one the refusal carries."""
+    """add_providers to every chosen node, MAX_KEYS_PER_ADD keys per request; a request
+    unanswered is sent once more, a refused token retried once with the fresh one the
+    refusal carries."""
     slots = asyncio.Semaphore(SENDS_IN_FLIGHT)
 
     async def send(node: Node, token: bytes | None, batch: list[bytes]) -> None:
         async with slots:
-            for _ in range(2):
+            timed_out = stale = False
+            while True:
                 report.batches += 1
                 ok, answer = await sweep.protocol.call_add_providers(
                     node, batch, transfer_port, token
                 )
                 if not ok:
+                    if not timed_out:
+                        # It answered this sweep's lookup moments ago: a lost datagram or a
+                        # busy moment, not a departure. Ask once more, or every key of its
+                        # region misses it until the next round.
+                        timed_out = True
+                        continue
+                    report.unanswered += 1
                     return
                 stored, fresh, busy = answer
                 if stored:
                     report.accepted.update(batch)
                     return
-                if busy or fresh is None or fresh == token:
+                if busy:
+                    report.busy += 1
+                if busy or stale or fresh is None or fresh == token:
                     return
-                token = fresh
+                stale, token = True, fresh
 
     async with asyncio.TaskGroup() as group:
         for node_id, node_keys in by_node.items():

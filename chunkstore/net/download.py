@@ -47,9 +47,11 @@ from chunkstore.results import GetResult
 
 Progress = Callable[[int], None]
 # Verified chunks are written to LMDB in batches of about this many bytes (or every
-# FLUSH_SECONDS): one transaction per chunk would cost a commit per MiB.
+# FLUSH_SECONDS): one transaction per chunk would cost a commit per MiB, and every commit
+# flushes its pages (MDB_NOMETASYNC). A slow get (a crowd sharing its holders) commits by
+# time, so FLUSH_SECONDS sets its fsync rate; a crash loses at most that much of its work.
 FLUSH_BYTES = 8 * 1024 * 1024
-FLUSH_SECONDS = 0.5
+FLUSH_SECONDS = 2.0
 WINDOW_MAX = 8
 MAX_IN_FLIGHT = 24
 # A get with no chunk delivered for this long stops, reporting what is missing.
