@@ -635,3 +635,39 @@ def test_a_stock_server_joining_stays_a_contact_though_it_ignores_our_records():
             await publisher.stop()
 
     run(main)
+
+
+def test_a_lookup_that_finds_nothing_asks_the_bootstrap_contacts():
+    # A crowd joins at once: the 25 nodes closest to a key know nothing of it, and the one
+    # contact that holds its record, the bootstrap contact, is the farthest of all from the
+    # key, so no lookup reaches it. A node that joined through it asks it directly; a node
+    # that joined through another one finds nothing (the lookup alone does not get there).
+    async def main():
+        key = random_key()
+        holder = Holder(LOCAL, 4242)
+        seed = DhtNode(node_id=bytes(b ^ 0xFF for b in key))
+        crowd = []
+        try:
+            await seed.start(LOCAL, 0)
+            seed.providers.add(key, holder, time.monotonic())
+            joiner = DhtNode()
+            crowd.append(joiner)
+            assert await joiner.start(LOCAL, 0, [(LOCAL, seed.port)]) == 1
+            for _ in range(24):
+                node = DhtNode()
+                crowd.append(node)
+                await node.start(LOCAL, 0, [(LOCAL, joiner.port)])
+            await wait_until_async(
+                lambda: len(joiner.known_peers()) >= 21, "the joiner to know the crowd"
+            )
+            stranger = DhtNode()
+            crowd.append(stranger)
+            await stranger.start(LOCAL, 0, [(LOCAL, crowd[5].port)])
+            assert await stranger.find_providers(key) == []
+            assert await joiner.find_providers(key) == [holder]
+        finally:
+            for node in crowd:
+                await node.stop()
+            await seed.stop()
+
+    run(main)

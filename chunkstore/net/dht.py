@@ -61,6 +61,8 @@ DEFAULT_LOOKUP_TIMEOUT = 5.0
 PROVIDER_CULL_INTERVAL = 600.0
 CONTACTS_FORMAT = 1
 _WILDCARD_HOSTS = {"", "0.0.0.0", "::"}
+# Bootstrap contacts kept to ask directly when a lookup finds nothing (DhtNode._ask_seeds).
+MAX_SEEDS = 8
 
 
 def dht_key(object_id: bytes) -> bytes:
@@ -171,6 +173,9 @@ class DhtNode:
         # and per-key announce lookups; a batched announce counts its own in last_sweep).
         self.lookups_made = 0
         self.last_sweep: SweepReport | None = None  # what the last announce_many did
+        # The bootstrap contacts that answered (at most MAX_SEEDS): asked directly when a
+        # lookup finds nothing (see _ask_seeds).
+        self._seeds: dict[bytes, Node] = {}
 
     @property
     def node_id(self) -> bytes:
@@ -263,6 +268,8 @@ class DhtNode:
         resolved = await self._resolve(addrs)
         ids = await asyncio.gather(*(self.protocol.ping_address(a) for a in resolved))
         nodes = [Node(i, a[0], a[1]) for i, a in zip(ids, resolved, strict=True) if i is not None]
+        for node in nodes[: max(0, MAX_SEEDS - len(self._seeds))]:
+            self._seeds.setdefault(node.id, node)
         if not nodes:
             if addrs:
                 # The caller decides whether that matters (serve waits for peers, a get fails).
@@ -356,13 +363,15 @@ class DhtNode:
 
         if len(found) < limit:
             # stops at the answer that makes `limit` known
-            await self._crawl(
+            asked = await self._crawl(
                 key,
                 self.protocol.call_get_providers,
                 take,
                 "find_providers",
                 done=lambda: len(found) >= limit,
             )
+            if not found:
+                await self._ask_seeds(key, self.protocol.call_get_providers, take, asked or set())
         return list(found)[:limit]
 
     async def publish_record(self, record: NameRecord) -> int:
@@ -394,8 +403,35 @@ class DhtNode:
             return closer
 
         # Every close node is asked: another publisher, or a newer record, may be on any.
-        await self._crawl(key, self.protocol.call_find_names, take, "find_name_records")
+        asked = await self._crawl(key, self.protocol.call_find_names, take, "find_name_records")
+        if not found:
+            await self._ask_seeds(key, self.protocol.call_find_names, take, asked or set())
         return [r for r in found.values() if r.name == name]
+
+    async def _ask_seeds(
+        self,
+        key: bytes,
+        rpc: Callable[[Node, Node], Any],
+        take: Callable[[Node, Any], list[Node]],
+        asked: set[bytes],
+    ) -> None:
+        """Ask the bootstrap contacts a lookup did not reach, directly. A crowd of new nodes
+        joining at once becomes the k closest to every key before any record is handed to
+        them, and a lookup then ends among nodes that know nothing yet (50 gets of one name
+        through one holder: 2 of 100 failed so); the contacts the user named are the likeliest
+        to know, as IPFS's bitswap asks its connected peers before the DHT."""
+        target = Node(key)
+        seeds = [n for i, n in self._seeds.items() if i not in asked]
+        if not seeds:
+            return
+        try:
+            async with asyncio.timeout(self.lookup_timeout):
+                answers = await asyncio.gather(*(rpc(n, target) for n in seeds))
+        except TimeoutError:
+            return
+        for node, (ok, answer) in zip(seeds, answers, strict=True):
+            if ok:
+                take(node, answer)
 
     def known_peers(self) -> list[Contact]:
         """The contacts in the routing table."""
@@ -439,7 +475,10 @@ class DhtNode:
             answered[node.id] = (node, token)
             return closer
 
-        if not await self._crawl(key, self.protocol.call_get_providers, take, "announce lookup"):
+        if (
+            await self._crawl(key, self.protocol.call_get_providers, take, "announce lookup")
+            is None
+        ):
             log.info("no known DHT contacts: %s stays local", key.hex())
         target = Node(key)  # on timeout: the closest seen so far
         ranked = sorted(answered.values(), key=lambda entry: target.distance_to(entry[0]))
@@ -452,19 +491,25 @@ class DhtNode:
         take: Callable[[Node, Any], list[Node]],
         what: str,
         done: Callable[[], bool] = lambda: False,
-    ) -> bool:
+    ) -> set[bytes] | None:
         """Ask the nodes closest to `key` with `rpc(node, target)`, `take` reading each answer
-        (crawl.py: never waiting on departed nodes), within `lookup_timeout`; False when no
-        contact is known to start from."""
+        (crawl.py: never waiting on departed nodes), within `lookup_timeout`. Returns the ids
+        of the nodes that answered; None when no contact is known to start from."""
         target = Node(key)
         nearest = self._server.protocol.router.find_neighbors(target)
         if not nearest:
-            return False
+            return None
+        answered: set[bytes] = set()
+
+        def noting(node: Node, answer: Any) -> list[Node]:
+            answered.add(node.id)
+            return take(node, answer)
+
         self.lookups_made += 1
         ksize, alpha = self._server.ksize, self._server.alpha
-        lookup = crawl(target, nearest, ksize, alpha, lambda n: rpc(n, target), take, done)
+        lookup = crawl(target, nearest, ksize, alpha, lambda n: rpc(n, target), noting, done)
         await self._bounded(lookup, what)
-        return True
+        return answered
 
     async def _closest_nodes(self, key: bytes) -> list[Node]:
         target = Node(key)
