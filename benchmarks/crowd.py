@@ -109,7 +109,7 @@ def chunkstore_command() -> list[str]:
 
 
 def run_crowd(
-    work: Path, holders: list[ServeProcess], count: int, digest: str, wait: float
+    work: Path, holders: list[ServeProcess], count: int, digest: str, wait: float, nice: int = 0
 ) -> dict:
     """N downloaders at once; their outcomes and the holders' DHT latency meanwhile."""
     root = work / f"crowd-{count}"
@@ -125,7 +125,11 @@ def run_crowd(
         cmd += ["--bootstrap", boot, "--wait", str(wait), "--json"]
         procs.append(
             subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                preexec_fn=(lambda: os.nice(nice)) if nice else None,
             )
         )
     outcomes = []
@@ -161,7 +165,7 @@ def run_crowd(
     }
 
 
-def render(results: list[dict], size: int, holders: int) -> str:
+def render(results: list[dict], size: int, holders: int, nice: int = 0) -> str:
     def ms(v: float | None) -> str:
         return "-" if v is None else f"{v:.0f}"
 
@@ -170,7 +174,8 @@ def render(results: list[dict], size: int, holders: int) -> str:
 
     lines = [
         f"{holders} holders, {format_size(size)} file, every downloader a fresh home joining "
-        "through holder 0 (`get --bootstrap`); times in seconds from each get's start",
+        "through holder 0 (`get --bootstrap`); times in seconds from each get's start"
+        + (f"; downloaders at nice {nice}" if nice else ""),
         "",
         "| downloaders | completed | min | median | p95 | max | holders' DHT ping p50 / p95 / "
         "max (ms) | pings unanswered in 3 s |",
@@ -201,6 +206,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--size", default="32MiB", help="file size (32MiB)")
     p.add_argument(
         "--wait", type=float, default=60.0, help="each get's --wait: seconds it keeps looking"
+    )
+    p.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="niceness of the downloaders (0): 10 lets the holders' latency show their own "
+        "loop rather than N downloaders sharing this machine's cores with them",
     )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
     args = p.parse_args(argv)
@@ -248,8 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"holders ready in {time.monotonic() - t0:.1f} s", flush=True)
             for count in args.downloaders:
                 print(f"{count} downloaders ...", flush=True)
-                results.append(run_crowd(work, holders, count, digest, args.wait))
-        table = render(results, args.size, args.holders)
+                results.append(run_crowd(work, holders, count, digest, args.wait, args.nice))
+        table = render(results, args.size, args.holders, args.nice)
         print()
         print(table)
         args.out.mkdir(parents=True, exist_ok=True)

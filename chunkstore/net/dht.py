@@ -424,6 +424,11 @@ class DhtNode:
         seeds = [n for i, n in self._seeds.items() if i not in asked]
         if not seeds:
             return
+        for node in seeds:
+            # A busy seed that missed one answer is quarantined (and left out of the routing
+            # table) for 30 s: 4 of 100 crowd gets asked 12 times in 42 s and never reached
+            # it again. The user named it; asking it costs one datagram per attempt.
+            self.protocol.forgive((node.ip, node.port))
         try:
             async with asyncio.timeout(self.lookup_timeout):
                 answers = await asyncio.gather(*(rpc(n, target) for n in seeds))

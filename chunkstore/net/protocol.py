@@ -493,6 +493,12 @@ class ChunkstoreProtocol(KademliaProtocol):
         # would then fail setting a result on it.
         return await asyncio.shield(future)
 
+    def forgive(self, address: tuple[str, int]) -> None:
+        """Let requests reach `address` again though it failed to answer lately (it is skipped
+        for FAILED_NODE_QUARANTINE s otherwise): for contacts worth a second chance, such as
+        the bootstrap contacts a user named."""
+        self._quarantine.pop(address, None)
+
     async def _call(
         self, node: Node, rpc: str, args: tuple, parse: Callable[[Any], Any]
     ) -> tuple[bool, Any]:
