@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import blake3
@@ -12,7 +13,9 @@ import pytest
 
 import chunkstore
 import chunkstore.local.store as store_module
+from chunkstore.errors import ChunkstoreError
 from chunkstore.local.add import add_file
+from chunkstore.local.leases import Lease, only_gc
 from chunkstore.local.store import Store
 from chunkstore.local.verify import verify_store
 from chunkstore.objects.chunking import ChunkerParams
@@ -165,3 +168,21 @@ def test_the_same_process_compacts_only_through_its_only_handle(home: Path, tmp_
         result = store.gc(compact=True)
         assert result.compacted and result.store_bytes_after < MIB
         assert store.names() == [] and store.chunk_ids() == []  # the handle works on
+
+
+def test_a_gc_waits_out_a_look_at_the_store_and_refuses_only_a_second_gc(home):
+    # An add holds gc.lock shared for a moment per chunk it checks; a gc meeting that used to
+    # fail "another gc is running" (seen in CI). It waits it out; a second gc is refused.
+    with Store(home) as store, Lease(home) as lease:
+        outcome: list[object] = []
+        with lease.no_gc_running(wait=True):
+            sweeper = threading.Thread(target=lambda: outcome.append(store.gc(compact=False)))
+            sweeper.start()
+            sweeper.join(0.3)
+            assert sweeper.is_alive() and outcome == []  # waiting for the look to end
+        sweeper.join(10)
+        assert len(outcome) == 1 and outcome[0].chunks_deleted == 0
+        with only_gc(home) as alone:
+            assert alone
+            with pytest.raises(ChunkstoreError, match="another gc is running"):
+                store.gc()

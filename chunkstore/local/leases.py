@@ -30,6 +30,7 @@ from pathlib import Path
 
 LEASES_DIR = "leases"
 GC_LOCK = "gc.lock"
+GC_RUNNING = "gc.running"  # held by the one gc running on a home
 COVER_CHUNK = b"c"
 COVER_MANIFEST = b"m"
 _ID_BYTES = 32
@@ -37,8 +38,20 @@ _RECORD = 1 + _ID_BYTES
 _SUFFIX = ".lease"
 
 
-def _open_gc_lock(home: Path) -> int:
-    return os.open(home / GC_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+def _open_gc_lock(home: Path, name: str = GC_LOCK) -> int:
+    return os.open(home / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
+@contextlib.contextmanager
+def only_gc(home: Path) -> Iterator[bool]:
+    """Yields True while this is the only gc running on `home`, False at once if another is.
+    Not gc.lock itself: operations hold that shared for a moment (an add checking a chunk),
+    and a gc that tried it without waiting failed "another gc is running" when it met one."""
+    fd = _open_gc_lock(home, GC_RUNNING)
+    try:
+        yield try_flock(fd, fcntl.LOCK_EX)
+    finally:
+        os.close(fd)
 
 
 def try_flock(fd: int, how: int) -> bool:

@@ -68,6 +68,7 @@ from chunkstore.local.leases import (
     LeaseScan,
     gc_exclusive,
     live_manifests,
+    only_gc,
     try_flock,
 )
 from chunkstore.local.memory import MappedFile
@@ -814,10 +815,11 @@ class Store:
         (their chunks are not protected: the file cannot be restored anyway). Raises
         ChunkstoreError while another gc runs on this home."""
         before = self.file_bytes()
-        with gc_exclusive(self.home, wait=False) as alone:
+        with only_gc(self.home) as alone:
             if not alone:
                 raise ChunkstoreError(f"another gc is running on the store at {self.home}")
-            result = _Sweep(self).run()
+            with gc_exclusive(self.home, wait=True):
+                result = _Sweep(self).run()
         self.sync()
         now = self.file_bytes()
         if compact is False or (
