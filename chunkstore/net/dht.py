@@ -38,6 +38,7 @@ from chunkstore.errors import NetworkError
 from chunkstore.net.address_scope import scope_of
 from chunkstore.net.announce_sweep import SWEEP_SLICES, SweepReport, sweep_announce
 from chunkstore.net.crawl import crawl
+from chunkstore.net.datagram_reader import BatchedDatagramReader
 from chunkstore.net.handover import HandOver, OwnRecords
 from chunkstore.net.name_records import NameRecordStore
 from chunkstore.net.protocol import (
@@ -108,6 +109,17 @@ class _KademliaServer(Server):
         self.name_records = NameRecordStore()
         self.rpc_timeout = rpc_timeout
         self.local_holdings = local_holdings
+        self.reader: BatchedDatagramReader | None = None
+
+    async def listen(self, port: int, interface: str = "0.0.0.0") -> None:
+        await super().listen(port, interface)
+        self.reader = BatchedDatagramReader(self.transport, self.protocol)
+
+    def stop(self) -> None:
+        super().stop()  # closes the transport, which stops our reading of its socket
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
 
     def _create_protocol(self) -> ChunkstoreProtocol:
         return self.protocol_class(
