@@ -84,6 +84,19 @@ class DhtPinger(threading.Thread):
             if data[1:21] == msg_id:
                 self.rtts.append(time.monotonic() - started)
                 return
+        # This thread shares the cores with the crowd: it may only look after the deadline,
+        # at an answer that came in time. Looked for once more, without waiting.
+        sock.setblocking(False)
+        try:
+            while True:
+                data = sock.recv(4096)
+                if data[1:21] == msg_id:
+                    self.rtts.append(time.monotonic() - started)
+                    return
+        except BlockingIOError:
+            pass
+        finally:
+            sock.setblocking(True)
         self.lost += 1
 
     def stop(self) -> dict:
