@@ -10,18 +10,16 @@ import socket
 import time
 
 import pytest
-import umsgpack
 
 from chunkstore.net.datagram_reader import DATAGRAMS_PER_WAKEUP
-from chunkstore.net.dht import DhtNode
-from tests.test_dht import LOCAL, run
+from tests.test_dht import LOCAL, request, run, swarm
 
 pytestmark = pytest.mark.timeout(60)
 SENDER_ID = os.urandom(20)
 
 
 def ping() -> bytes:
-    return b"\x00" + os.urandom(20) + umsgpack.packb(["ping", [SENDER_ID]])
+    return request(["ping", [SENDER_ID]])
 
 
 @contextlib.contextmanager
@@ -52,9 +50,7 @@ def test_a_burst_sent_while_the_loop_is_blocked_is_answered_whole():
     # 400 pings arrive while the node's loop does not run: ~480 KB of kernel buffer (each
     # datagram is charged ~1.2 KB). The default 212,992-byte buffer dropped about half.
     async def main():
-        node = DhtNode()
-        await node.start(LOCAL, 0)
-        try:
+        async with swarm(1) as [node]:
             if node._server.reader.receive_buffer < 2 << 20:
                 pytest.skip("net.core.rmem_max keeps the receive buffer under 1 MiB here")
             with receiver() as sock:
@@ -66,8 +62,6 @@ def test_a_burst_sent_while_the_loop_is_blocked_is_answered_whole():
                     got += drain(sock)
                 assert got == 400
             assert node.protocol.dropped_datagrams == 0
-        finally:
-            await node.stop()
 
     run(main)
 
@@ -76,9 +70,7 @@ def test_a_busy_loop_drains_many_datagrams_per_turn():
     # Every turn of the loop takes 10 ms of other work (uploads, say): one datagram per turn
     # needed 200 turns for 200 pings; batched, a few turns do.
     async def main():
-        node = DhtNode()
-        await node.start(LOCAL, 0)
-        try:
+        async with swarm(1) as [node]:
             with receiver() as sock:
                 for _ in range(200):
                     sock.sendto(ping(), (LOCAL, node.port))
@@ -90,7 +82,5 @@ def test_a_busy_loop_drains_many_datagrams_per_turn():
                     await asyncio.sleep(0)
             assert got == 200
             assert turns <= 4 * (200 // DATAGRAMS_PER_WAKEUP + 1), turns
-        finally:
-            await node.stop()
 
     run(main)

@@ -38,20 +38,8 @@ _RECORD = 1 + _ID_BYTES
 _SUFFIX = ".lease"
 
 
-def _open_gc_lock(home: Path, name: str = GC_LOCK) -> int:
+def _open_lock(home: Path, name: str) -> int:
     return os.open(home / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-
-
-@contextlib.contextmanager
-def only_gc(home: Path) -> Iterator[bool]:
-    """Yields True while this is the only gc running on `home`, False at once if another is.
-    Not gc.lock itself: operations hold that shared for a moment (an add checking a chunk),
-    and a gc that tried it without waiting failed "another gc is running" when it met one."""
-    fd = _open_gc_lock(home, GC_RUNNING)
-    try:
-        yield try_flock(fd, fcntl.LOCK_EX)
-    finally:
-        os.close(fd)
 
 
 def try_flock(fd: int, how: int) -> bool:
@@ -65,10 +53,10 @@ def try_flock(fd: int, how: int) -> bool:
 
 
 @contextlib.contextmanager
-def gc_exclusive(home: Path, *, wait: bool) -> Iterator[bool]:
-    """Hold gc.lock exclusively (what gc and the dropping of a released manifest do);
-    yields False instead when `wait` is off and another process or thread holds it."""
-    fd = _open_gc_lock(home)
+def _exclusive(home: Path, name: str, wait: bool) -> Iterator[bool]:
+    """Hold the lock file `name` exclusively; yields False instead when `wait` is off and
+    another open file holds it."""
+    fd = _open_lock(home, name)
     try:
         if wait:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -78,6 +66,19 @@ def gc_exclusive(home: Path, *, wait: bool) -> Iterator[bool]:
         yield True
     finally:
         os.close(fd)  # closing the open file drops its lock
+
+
+def gc_exclusive(home: Path, *, wait: bool) -> contextlib.AbstractContextManager[bool]:
+    """Hold gc.lock exclusively (what gc and the dropping of a released manifest do);
+    yields False instead when `wait` is off and another process or thread holds it."""
+    return _exclusive(home, GC_LOCK, wait)
+
+
+def only_gc(home: Path) -> contextlib.AbstractContextManager[bool]:
+    """Yields True while this is the only gc running on `home`, False at once if another is.
+    Not gc.lock itself: operations hold that shared for a moment (an add checking a chunk),
+    and a gc that tried it without waiting failed "another gc is running" when it met one."""
+    return _exclusive(home, GC_RUNNING, wait=False)
 
 
 class Lease:
@@ -105,7 +106,7 @@ class Lease:
             break
         self.path = folder / f"{token}{_SUFFIX}"
         self._fd: int | None = fd
-        self._gc_fd = _open_gc_lock(home)
+        self._gc_fd = _open_lock(home, GC_LOCK)
         self._gc_guard = threading.Lock()
 
     def __enter__(self) -> Lease:

@@ -383,7 +383,7 @@ class DhtNode:
                 done=lambda: len(found) >= limit,
             )
             if not found:
-                await self._ask_seeds(key, self.protocol.call_get_providers, take, asked or set())
+                await self._ask_seeds(key, self.protocol.call_get_providers, take, asked)
         return list(found)[:limit]
 
     async def publish_record(self, record: NameRecord) -> int:
@@ -417,7 +417,7 @@ class DhtNode:
         # Every close node is asked: another publisher, or a newer record, may be on any.
         asked = await self._crawl(key, self.protocol.call_find_names, take, "find_name_records")
         if not found:
-            await self._ask_seeds(key, self.protocol.call_find_names, take, asked or set())
+            await self._ask_seeds(key, self.protocol.call_find_names, take, asked)
         return [r for r in found.values() if r.name == name]
 
     async def _ask_seeds(
@@ -425,15 +425,16 @@ class DhtNode:
         key: bytes,
         rpc: Callable[[Node, Node], Any],
         take: Callable[[Node, Any], list[Node]],
-        asked: set[bytes],
+        asked: set[bytes] | None,
     ) -> None:
-        """Ask the bootstrap contacts a lookup did not reach, directly. A crowd of new nodes
+        """Ask the bootstrap contacts a lookup did not reach (`asked`: the ids that answered
+        it; None, no lookup could start), directly. A crowd of new nodes
         joining at once becomes the k closest to every key before any record is handed to
         them, and a lookup then ends among nodes that know nothing yet (50 gets of one name
         through one holder: 2 of 100 failed so); the contacts the user named are the likeliest
         to know, as IPFS's bitswap asks its connected peers before the DHT."""
         target = Node(key)
-        seeds = [n for i, n in self._seeds.items() if i not in asked]
+        seeds = [n for i, n in self._seeds.items() if i not in (asked or ())]
         if not seeds:
             return
         for node in seeds:
