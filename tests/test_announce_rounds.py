@@ -166,7 +166,6 @@ def test_a_restarted_node_resumes_its_announce_round(tmp_path: Path):
     home = tmp_path / "home"
     with Store(home) as store:
         ids = fill(store, 3000)
-    port = free_port()
 
     async def main() -> None:
         peers = []
@@ -191,16 +190,31 @@ def test_a_restarted_node_resumes_its_announce_round(tmp_path: Path):
             def progress(node: chunkstore.Node) -> AnnounceRound:
                 return AnnounceRound.decode(node.store.announce_progress())
 
-            first = chunkstore.Node(
-                home, host=HOST, port=port, bootstrap=bootstrap, announce_batch=100
-            )
-            record(first)
-            async with first:
+            # The second node must take the first one's port (its records name it). A port
+            # found free can still be taken by another process before the node binds it (CI
+            # met that once): then another one is tried.
+            for _ in range(5):
+                port = free_port()
+                first = chunkstore.Node(
+                    home, host=HOST, port=port, bootstrap=bootstrap, announce_batch=100
+                )
+                record(first)
+                try:
+                    await first.start()
+                    break
+                except chunkstore.NetworkError as exc:
+                    if "in use" not in str(exc):
+                        raise
+            else:
+                raise AssertionError("found no port that stayed free until the node bound it")
+            try:
                 began = progress(first)
                 assert began.total == 3000 and began.done == 0 and not began.paced
                 await wait_until_async(
                     lambda: progress(first).done >= 500, "a part of the round", timeout=60
                 )
+            finally:
+                await first.stop()
             with Store(home) as store:  # what was saved when the node stopped
                 stopped = AnnounceRound.decode(store.announce_progress())
             assert 0 < stopped.done < 3000, "stopped in the middle of the round"
