@@ -31,6 +31,10 @@ def run_measured(argv: Sequence[str], log: Path, timeout: float) -> MeasuredRun:
     ProcessFailed if it fails or outlives `timeout` (it is killed then). stderr goes to
     `log`, stdout through `log` with the suffix .stdout."""
     out_path = log.with_suffix(".stdout")
+    # The set-up's writes (holder homes copied, files generated) are flushed first, so that
+    # no measured run shares the disk with their writeback: a tool that syncs what it writes
+    # (chunkstore's store) would wait behind it, one that does not (aria2c) would not.
+    os.sync()
     with open(log, "ab") as err, open(out_path, "wb") as out:
         err.write(f"\n$ {' '.join(argv)}\n".encode())
         err.flush()
