@@ -75,28 +75,20 @@ class DhtPinger(threading.Thread):
         started = time.monotonic()
         sock.sendto(datagram, ("127.0.0.1", port))
         deadline = started + PING_TIMEOUT
-        while (left := deadline - time.monotonic()) > 0:
-            sock.settimeout(left)
+        while True:
+            # Past the deadline, one more look without waiting (a timeout of 0): this thread
+            # shares the cores with the crowd, so it may only look late at an answer that
+            # came in time.
+            sock.settimeout(max(0.0, deadline - time.monotonic()))
             try:
                 data = sock.recv(4096)
             except TimeoutError:
-                break
+                continue  # the deadline passed: the look without waiting follows
+            except BlockingIOError:
+                break  # nothing waiting past the deadline
             if data[1:21] == msg_id:
                 self.rtts.append(time.monotonic() - started)
                 return
-        # This thread shares the cores with the crowd: it may only look after the deadline,
-        # at an answer that came in time. Looked for once more, without waiting.
-        sock.setblocking(False)
-        try:
-            while True:
-                data = sock.recv(4096)
-                if data[1:21] == msg_id:
-                    self.rtts.append(time.monotonic() - started)
-                    return
-        except BlockingIOError:
-            pass
-        finally:
-            sock.setblocking(True)
         self.lost += 1
 
     def stop(self) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -160,3 +161,18 @@ def peak_rss_mib() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def port_free_for_tcp_and_udp(host: str = "127.0.0.1") -> int:
+    """A port nothing uses on `host`, neither TCP nor UDP (free when checked: a node binds
+    both to one port, or a test names an address where nothing answers)."""
+    for _ in range(20):
+        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            tcp.bind((host, 0))
+            port = tcp.getsockname()[1]
+            try:
+                udp.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no port free for both TCP and UDP")

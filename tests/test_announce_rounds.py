@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
-import socket
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ from chunkstore.net.announce_pacing import (
 from chunkstore.net.dht import DhtNode, dht_key
 from chunkstore.net.node import REANNOUNCE_SECONDS
 from chunkstore.net.providers import DEFAULT_TTL
-from tests.helpers import wait_until_async
+from tests.helpers import port_free_for_tcp_and_udp, wait_until_async
 
 HOST = "127.0.0.1"
 HOUR = 3600.0
@@ -146,20 +145,6 @@ def test_the_store_walks_chunk_ids_in_order_and_keeps_the_progress(tmp_path: Pat
         assert store.announce_progress() == b"progress"
 
 
-def free_port() -> int:
-    """A port free for both TCP and UDP on 127.0.0.1 (a node binds both to it)."""
-    for _ in range(20):
-        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            tcp.bind((HOST, 0))
-            port = tcp.getsockname()[1]
-            try:
-                udp.bind((HOST, port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no port free for both TCP and UDP")
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_a_restarted_node_resumes_its_announce_round(tmp_path: Path):
@@ -194,7 +179,7 @@ def test_a_restarted_node_resumes_its_announce_round(tmp_path: Path):
             # found free can still be taken by another process before the node binds it (CI
             # met that once): then another one is tried.
             for _ in range(5):
-                port = free_port()
+                port = port_free_for_tcp_and_udp()
                 first = chunkstore.Node(
                     home, host=HOST, port=port, bootstrap=bootstrap, announce_batch=100
                 )

@@ -12,7 +12,6 @@ import json
 import random
 import re
 import shlex
-import socket
 import struct
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from chunkstore.objects.link import (
 )
 from chunkstore.objects.name_record import parse_key
 from chunkstore.objects.name_syntax import validate_name
-from tests.helpers import MIB, file_hash, run_cli, wait_until, write_file
+from tests.helpers import MIB, file_hash, port_free_for_tcp_and_udp, run_cli, wait_until, write_file
 
 MID = bytes(range(32))
 LOCAL = LinkAddress("127.0.0.1", 4100, 4101)
@@ -387,23 +386,9 @@ def test_link_command_errors(tmp_path: Path) -> None:
     assert "nope" in one_line_error(run_in(tmp_path, "link", "nope", "--home", str(tmp_path)))
 
 
-def unused_port() -> int:
-    """A port with nothing listening on 127.0.0.1, neither UDP nor TCP (free when checked)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-        return port
-
-
 @pytest.mark.slow
 def test_link_whose_addresses_are_all_unreachable(tmp_path: Path) -> None:
-    port = unused_port()
+    port = port_free_for_tcp_and_udp()
     token = Link(MID, "f.bin", (LinkAddress("127.0.0.1", port, port),)).encode()
     proc = run_in(tmp_path, "get", token, "--home", str(tmp_path / "empty"), "--wait", "1")
     line = one_line_error(proc)
